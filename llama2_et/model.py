@@ -1,0 +1,151 @@
+"""LLaMA2 in PyTorch: RMSNorm, RoPE, grouped-query attention, SwiGLU, and the Transformer.
+
+Shapes: B batch, L new tokens, Lk keys attended (L without cache, Lm with the static cache),
+D dim, Nh query heads, Nkv key/value heads, Dh head_dim, F ffn hidden, V vocab.
+The forward pass takes cos/sin/mask already sliced for its positions (see preproc.py).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelArgs
+from .kv_cache import KVCache
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight, computed in fp32."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each interleaved pair (x[2i], x[2i+1]) of x (B, L, H, Dh) by the angles in cos/sin (L, Dh/2)."""
+    x_even, x_odd = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # each (B, L, H, Dh/2)
+    cos, sin = cos[:, None, :], sin[:, None, :]  # (L, 1, Dh/2), broadcast over heads
+    rotated = torch.stack((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1)
+    return rotated.flatten(-2).type_as(x)  # (B, L, H, Dh)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with RoPE and grouped-query key/value heads."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.kv_heads, args.head_dim
+        self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
+        self.wk = nn.Linear(args.dim, args.kv_heads * args.head_dim, bias=False)
+        self.wv = nn.Linear(args.dim, args.kv_heads * args.head_dim, bias=False)
+        self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+        self.dropout = args.dropout
+        self.kv_cache: KVCache | None = None  # attached by Transformer.setup_kv_cache
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor,
+        input_pos: torch.Tensor | None,
+    ) -> torch.Tensor:
+        bsz, seq_len, _ = x.shape
+        q = self.wq(x).view(bsz, seq_len, self.n_heads, self.head_dim)  # (B, L, Nh, Dh)
+        k = self.wk(x).view(bsz, seq_len, self.n_kv_heads, self.head_dim)  # (B, L, Nkv, Dh)
+        v = self.wv(x).view(bsz, seq_len, self.n_kv_heads, self.head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, L, Dh)
+        if input_pos is not None:  # decided at trace time: cached or full-sequence program
+            k, v = self.kv_cache.update(input_pos, k, v)  # (B, Nkv, Lm, Dh)
+        n_rep = self.n_heads // self.n_kv_heads
+        k = k.repeat_interleave(n_rep, dim=1)  # (B, Nh, Lk, Dh)
+        v = v.repeat_interleave(n_rep, dim=1)
+        dropout = self.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)  # (B, Nh, L, Dh)
+        return self.wo(out.transpose(1, 2).reshape(bsz, seq_len, -1))  # (B, L, D)
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        hidden = args.ffn_hidden_dim
+        self.w1 = nn.Linear(args.dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, args.dim, bias=False)
+        self.w3 = nn.Linear(args.dim, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))  # (B, L, F) -> (B, L, D)
+
+
+class TransformerBlock(nn.Module):
+    """x + attention(norm(x)), then h + feed_forward(norm(h))."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
+        self.attention = Attention(args)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+        self.feed_forward = FeedForward(args)
+
+    def forward(self, x, cos, sin, mask, input_pos):
+        h = x + self.attention(self.attention_norm(x), cos, sin, mask, input_pos)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    """Token ids (B, L) -> logits (B, L, V). Parameter names follow llama2.c and Meta."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.dropout = nn.Dropout(args.dropout)
+        self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        if args.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+
+    def hidden(
+        self,
+        tokens: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor,
+        input_pos: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Final normed hidden states (B, L, D). input_pos (L,) writes the KV cache; None = no cache."""
+        h = self.dropout(self.tok_embeddings(tokens))  # (B, L, D)
+        for layer in self.layers:
+            h = layer(h, cos, sin, mask, input_pos)
+        return self.norm(h)
+
+    def forward(self, tokens, cos, sin, mask, input_pos=None) -> torch.Tensor:
+        """Logits for every position (B, L, V)."""
+        return self.output(self.hidden(tokens, cos, sin, mask, input_pos))
+
+    def last_logits(self, tokens, cos, sin, mask, input_pos=None) -> torch.Tensor:
+        """Logits of the last position only (B, V): all that generation needs."""
+        return self.output(self.hidden(tokens, cos, sin, mask, input_pos)[:, -1, :])
+
+    def setup_kv_cache(self, batch_size: int = 1) -> Transformer:
+        """Attach a static KV cache of max_seq_len positions to every attention layer."""
+        a = self.args
+        for layer in self.layers:
+            layer.attention.kv_cache = KVCache(batch_size, a.kv_heads, a.max_seq_len, a.head_dim)
+        return self
+
+    def reset_kv_cache(self) -> None:
+        for layer in self.layers:
+            layer.attention.kv_cache.reset()
