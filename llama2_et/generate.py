@@ -147,6 +147,7 @@ def generate_text(
 ) -> Iterator[str]:
     """Stream text: the prompt first, then each new piece as soon as it decodes to whole characters."""
     ids = tokenizer.encode(prompt, bos=True)
+    check_fits(len(ids), max_new_tokens, decoder.max_seq_len)  # before any text is streamed
     emitted = tokenizer.decode(ids)
     yield emitted
     stop_ids = (tokenizer.bos_id, tokenizer.eos_id)

@@ -1,0 +1,86 @@
+"""The command line: python -m llama2_et <command> ... (see --help of each command)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import assets
+from .checkpoint import CheckpointError, load_checkpoint
+from .config import kv_cache_bytes, param_count
+from .generate import EagerDecoder, Sampler, generate_text
+from .tokenizer import Tokenizer
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tokenizer", required=True, help="sentencepiece .model path or a name (stories260K, llama2)"
+    )
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+
+
+def stream(decoder, args: argparse.Namespace) -> None:
+    """Generate with the sampling args and stream the text (prompt included) to stdout."""
+    tokenizer = Tokenizer(assets.resolve_tokenizer(args.tokenizer, "model"))
+    if tokenizer.vocab_size != decoder.vocab_size:
+        raise ValueError(
+            f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} tokens but the model has "
+            f"{decoder.vocab_size}; use the tokenizer the model was trained with"
+        )
+    sampler = Sampler(args.temperature, args.top_k, args.top_p, args.seed)
+    for piece in generate_text(decoder, tokenizer, args.prompt, args.max_new_tokens, sampler):
+        print(piece, end="", flush=True)
+    print()
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    model = load_checkpoint(assets.resolve_checkpoint(args.checkpoint))
+    stream(EagerDecoder(model), args)
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    a = load_checkpoint(assets.resolve_checkpoint(args.checkpoint)).args
+    for key, value in a.to_dict().items():
+        print(f"{key:>20}: {value}")
+    print(f"{'head_dim':>20}: {a.head_dim}")
+    print(f"{'ffn_hidden_dim':>20}: {a.ffn_hidden_dim}")
+    print(f"{'parameters':>20}: {param_count(a):,}")
+    print(f"{'weights (fp32)':>20}: {param_count(a) * 4 / 2**20:.2f} MiB")
+    print(f"{'kv cache (fp32)':>20}: {kv_cache_bytes(a) / 2**20:.2f} MiB")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m llama2_et", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    # --- generate ---
+    p = sub.add_parser("generate", help="generate text with the eager PyTorch model")
+    p.add_argument("--checkpoint", required=True, help="checkpoint path or preset name (stories260K)")
+    add_sampling_args(p)
+    p.set_defaults(func=cmd_generate)
+
+    # --- info ---
+    p = sub.add_parser("info", help="hyper-parameters, parameter count and KV-cache memory")
+    p.add_argument("--checkpoint", required=True, help="checkpoint path or preset name")
+    p.set_defaults(func=cmd_info)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (FileNotFoundError, ValueError, CheckpointError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

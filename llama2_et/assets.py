@@ -1,0 +1,153 @@
+"""Where real checkpoints, tokenizers and data come from: a local folder, a cache, or a download.
+
+Order of resolution for a named asset:
+1. `LLAMA2_ET_DATA=<folder>`: the file must be in that folder (offline use, tests and CI);
+2. otherwise the cache folder (`LLAMA2_ET_CACHE`, default ~/.cache/llama2_et), downloading into
+   it on first use and checking the sha256 where one is published.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+HF_TINYLLAMAS = "https://huggingface.co/karpathy/tinyllamas/resolve/main"
+LLAMA2C_RAW = "https://raw.githubusercontent.com/karpathy/llama2.c/master"
+
+
+@dataclass(frozen=True)
+class Asset:
+    filename: str
+    url: str
+    sha256: str | None  # None where no checksum is published; the download is then only size-checked
+
+
+ASSETS = {
+    a.filename: a
+    for a in (
+        Asset(
+            "stories260K.bin",
+            f"{HF_TINYLLAMAS}/stories260K/stories260K.bin",
+            "b0a507e7ad0f626624f17112325e66691f9076d622e1d3274d103d00299f2696",
+        ),
+        Asset(
+            "tok512.bin",
+            f"{HF_TINYLLAMAS}/stories260K/tok512.bin",
+            "037cb335abb25d1fa9e8ecae30ed2a3a8ace9302862ebcdc05d51a6bbb10c312",
+        ),
+        Asset("tok512.model", f"{HF_TINYLLAMAS}/stories260K/tok512.model", None),
+        Asset("stories15M.bin", f"{HF_TINYLLAMAS}/stories15M.bin", None),
+        Asset("stories42M.bin", f"{HF_TINYLLAMAS}/stories42M.bin", None),
+        Asset("stories110M.bin", f"{HF_TINYLLAMAS}/stories110M.bin", None),
+        Asset(
+            "tokenizer.model",
+            f"{LLAMA2C_RAW}/tokenizer.model",
+            "9e556afd44213b6bd1be2b850ebbbd98f5481437a8021afaf58ee7fb1818d347",
+        ),
+        Asset(
+            "tokenizer.bin",
+            f"{LLAMA2C_RAW}/tokenizer.bin",
+            "50a52ef822ee9e83de5ce9d0be0a025a773d019437f58b5ff9dcafb063ece361",
+        ),
+    )
+}
+
+# preset name -> (checkpoint file, tokenizer stem)
+CHECKPOINTS = {
+    "stories260K": ("stories260K.bin", "tok512"),
+    "stories15M": ("stories15M.bin", "tokenizer"),
+    "stories42M": ("stories42M.bin", "tokenizer"),
+    "stories110M": ("stories110M.bin", "tokenizer"),
+}
+TOKENIZERS = {"tok512": "tok512", "llama2": "tokenizer", **{k: v[1] for k, v in CHECKPOINTS.items()}}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LLAMA2_ET_CACHE", Path.home() / ".cache" / "llama2_et"))
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(url: str, dest: Path, sha256: str | None = None) -> Path:
+    """Download url to dest (resuming a partial .part file), then check its sha256."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    done = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={done}-"} if done else {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            if done and response.status != 206:  # the server ignored the range: start over
+                done = 0
+            total = int(response.headers.get("Content-Length", 0)) + done
+            with (
+                open(part, "ab" if done else "wb") as f,
+                tqdm(total=total or None, initial=done, unit="B", unit_scale=True, desc=dest.name) as bar,
+            ):
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    f.write(block)
+                    bar.update(len(block))
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        raise FileNotFoundError(
+            f"could not download {url} ({exc}). Offline? Fetch it by hand into {dest.parent}, "
+            f"or set LLAMA2_ET_DATA to a folder that holds {dest.name}"
+        ) from None
+    if sha256 is not None and (actual := sha256_of(part)) != sha256:
+        part.unlink()
+        raise ValueError(f"{url}: sha256 {actual} does not match the published {sha256}; download again")
+    part.rename(dest)
+    return dest
+
+
+def fetch(filename: str) -> Path:
+    """Path of a known asset file: from LLAMA2_ET_DATA, else the cache (downloading it once)."""
+    asset = ASSETS.get(filename)
+    if asset is None:
+        raise ValueError(f"unknown asset {filename!r}; known: {', '.join(ASSETS)}")
+    if folder := os.environ.get("LLAMA2_ET_DATA"):
+        path = Path(folder) / filename
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} not found: LLAMA2_ET_DATA={folder} must hold {filename} "
+                f"(get it from {asset.url}), or unset LLAMA2_ET_DATA to download it into {cache_dir()}"
+            )
+        return path
+    path = cache_dir() / filename
+    return path if path.is_file() else download(asset.url, path, asset.sha256)
+
+
+def resolve_checkpoint(name_or_path: str | Path) -> Path:
+    """An existing checkpoint path as given, or a preset name such as 'stories260K'."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    if str(name_or_path) in CHECKPOINTS:
+        return fetch(CHECKPOINTS[str(name_or_path)][0])
+    raise FileNotFoundError(
+        f"checkpoint {name_or_path!r} is neither an existing path nor a preset ({', '.join(CHECKPOINTS)})"
+    )
+
+
+def resolve_tokenizer(name_or_path: str | Path, kind: str = "model") -> Path:
+    """An existing tokenizer path, or a name ('stories260K', 'tok512', 'llama2'): kind 'model' or 'bin'."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    if kind not in ("model", "bin"):
+        raise ValueError(f"kind must be 'model' (sentencepiece) or 'bin' (llama2.c), got {kind!r}")
+    if str(name_or_path) in TOKENIZERS:
+        return fetch(f"{TOKENIZERS[str(name_or_path)]}.{kind}")
+    raise FileNotFoundError(
+        f"tokenizer {name_or_path!r} is neither an existing path nor a name ({', '.join(TOKENIZERS)})"
+    )
