@@ -1,0 +1,33 @@
+"""Shared fixtures: the real files in LLAMA2_ET_DATA (default: ../shared/data beside the repo)."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("LLAMA2_ET_DATA", str(REPO.parent / "shared" / "data"))
+DATA = Path(os.environ["LLAMA2_ET_DATA"])
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (DATA / "stories260K.bin").is_file():
+        pytest.fail(
+            f"real test data missing: set LLAMA2_ET_DATA to a folder with stories260K.bin (now {DATA})"
+        )
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def stories260k(data_dir):
+    from llama2_et.checkpoint import load_checkpoint
+
+    return load_checkpoint(data_dir / "stories260K.bin")
+
+
+@pytest.fixture(scope="session")
+def tok512(data_dir):
+    from llama2_et.tokenizer import Tokenizer
+
+    return Tokenizer(data_dir / "tok512.model")
