@@ -5,9 +5,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-os.environ.setdefault("LLAMA2_ET_DATA", str(REPO.parent / "shared" / "data"))
-DATA = Path(os.environ["LLAMA2_ET_DATA"])
+DATA = Path(os.environ["LLAMA2_ET_DATA"])  # set by the root conftest.py
 
 
 @pytest.fixture(scope="session")
