@@ -1,0 +1,176 @@
+// llama2_et_runner: generate text from a llama2-et .pte and a llama2.c tokenizer.bin.
+//
+// Prefill feeds the whole prompt in one forward call (the program's token dimension is
+// dynamic), then decode feeds one token per call; the KV cache lives inside the program.
+// Text streams to stdout, prompt first, as llama2.c's run.c prints it; speeds go to stderr.
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "program.h"
+#include "sampler.h"
+#include "tokenizer.h"
+
+namespace {
+
+constexpr const char* kUsage =
+    "usage: llama2_et_runner --model PATH.pte --tokenizer PATH.bin [--prompt TEXT] [--steps N]\n"
+    "                        [--temperature T] [--top-p P] [--seed S] [--print-tokens]\n"
+    "  --model         a .pte from `python -m llama2_et export` (positions or preproc design)\n"
+    "  --tokenizer     a llama2.c tokenizer.bin (e.g. tok512.bin for stories260K)\n"
+    "  --prompt        text to continue (default: empty, i.e. start from BOS)\n"
+    "  --steps         new tokens to generate at most (default 128); stops early at EOS or BOS\n"
+    "  --temperature   0 = greedy argmax (default 0)\n"
+    "  --top-p         nucleus sampling threshold in (0, 1]; 1 = off (default 1)\n"
+    "  --seed          random seed for sampling (default: the current time)\n"
+    "  --print-tokens  print token ids (prompt with BOS, then generated) instead of text\n";
+
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct Options {
+  std::string model, tokenizer, prompt;
+  long steps = 128;
+  float temperature = 0.0f;
+  float top_p = 1.0f;
+  unsigned long long seed = static_cast<unsigned long long>(std::time(nullptr));
+  bool print_tokens = false;
+};
+
+double parse_number(const std::string& flag, const std::string& text) {
+  char* end = nullptr;
+  const double value = std::strtod(text.c_str(), &end);
+  if (text.empty() || *end != '\0') throw UsageError(flag + " expects a number, got '" + text + "'");
+  return value;
+}
+
+long parse_integer(const std::string& flag, const std::string& text) {
+  const double value = parse_number(flag, text);
+  if (value != static_cast<double>(static_cast<long>(value)) || value < 0) {
+    throw UsageError(flag + " expects a non-negative integer, got '" + text + "'");
+  }
+  return static_cast<long>(value);
+}
+
+Options parse_args(int argc, char** argv) {
+  Options options;
+  for (int i = 1; i < argc; ++i) {
+    const std::string flag = argv[i];
+    if (flag == "--print-tokens") {
+      options.print_tokens = true;
+      continue;
+    }
+    if (flag == "--help" || flag == "-h") {
+      std::fputs(kUsage, stdout);
+      std::exit(0);
+    }
+    if (i + 1 >= argc) throw UsageError(flag.rfind("--", 0) == 0 ? "missing value for " + flag : "unexpected argument " + flag);
+    const std::string value = argv[++i];
+    if (flag == "--model") {
+      options.model = value;
+    } else if (flag == "--tokenizer") {
+      options.tokenizer = value;
+    } else if (flag == "--prompt") {
+      options.prompt = value;
+    } else if (flag == "--steps") {
+      options.steps = parse_integer(flag, value);
+    } else if (flag == "--temperature") {
+      options.temperature = static_cast<float>(parse_number(flag, value));
+      if (!(options.temperature >= 0.0f)) throw UsageError("--temperature must be >= 0, got " + value);
+    } else if (flag == "--top-p") {
+      options.top_p = static_cast<float>(parse_number(flag, value));
+      if (!(options.top_p > 0.0f && options.top_p <= 1.0f)) throw UsageError("--top-p must be in (0, 1], got " + value);
+    } else if (flag == "--seed") {
+      options.seed = static_cast<unsigned long long>(parse_integer(flag, value));
+    } else {
+      throw UsageError("unknown option " + flag);
+    }
+  }
+  if (options.model.empty()) throw UsageError("--model is required");
+  if (options.tokenizer.empty()) throw UsageError("--tokenizer is required");
+  return options;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+void report_speed(const char* phase, size_t tokens, double seconds) {
+  std::fprintf(stderr, "%s: %zu tokens in %.2f ms, %.1f tok/s\n", phase, tokens, seconds * 1e3,
+               seconds > 0 ? static_cast<double>(tokens) / seconds : 0.0);
+}
+
+// Writes one token as text (or as its id), right away.
+void emit(const Options& options, const Tokenizer& tokenizer, int64_t prev, int64_t token) {
+  if (options.print_tokens) {
+    std::printf(prev < 0 ? "%lld" : " %lld", static_cast<long long>(token));
+  } else {
+    std::fputs(tokenizer.decode(prev, token).c_str(), stdout);
+  }
+  std::fflush(stdout);
+}
+
+int run(const Options& options) {
+  const Tokenizer tokenizer(options.tokenizer);
+  const auto load_start = std::chrono::steady_clock::now();
+  Program program(options.model);
+  std::fprintf(stderr, "load: %s (%s design) in %.2f ms\n", options.model.c_str(),
+               program.design() == Design::kPositions ? "positions" : "preproc", seconds_since(load_start) * 1e3);
+  if (tokenizer.vocab_size() != program.vocab_size()) {
+    throw UsageError("tokenizer " + options.tokenizer + " has " + std::to_string(tokenizer.vocab_size()) +
+                     " pieces but the model's vocabulary has " + std::to_string(program.vocab_size()) +
+                     "; pass the tokenizer the model was trained with");
+  }
+  std::vector<int64_t> tokens = tokenizer.encode(options.prompt);  // BOS + prompt
+  const auto prompt_len = static_cast<long>(tokens.size());
+  if (prompt_len + options.steps > program.max_seq_len()) {
+    throw UsageError("the prompt (" + std::to_string(prompt_len) + " tokens) plus --steps " +
+                     std::to_string(options.steps) + " exceeds the model's max_seq_len of " +
+                     std::to_string(program.max_seq_len()) + "; shorten the prompt or lower --steps");
+  }
+  for (size_t i = options.print_tokens ? 0 : 1; i < tokens.size(); ++i) {
+    emit(options, tokenizer, i == 0 ? -1 : tokens[i - 1], tokens[i]);
+  }
+
+  Sampler sampler(options.temperature, options.top_p, options.seed);
+  std::vector<float> logits;
+  size_t decoded = 0;
+  double prefill_seconds = 0, decode_seconds = 0;
+  for (long step = 0; step < options.steps; ++step) {
+    const auto start = std::chrono::steady_clock::now();
+    if (step == 0) {
+      logits = program.forward(tokens, 0);  // prefill: the whole prompt at positions 0..
+      prefill_seconds = seconds_since(start);
+    } else {
+      logits = program.forward({tokens.back()}, static_cast<int64_t>(tokens.size()) - 1);
+      decode_seconds += seconds_since(start);
+      ++decoded;
+    }
+    const int64_t next = sampler.sample(logits);
+    if (next == kEosId || next == kBosId) break;  // llama2.c stops at BOS as well
+    emit(options, tokenizer, tokens.back(), next);
+    tokens.push_back(next);
+  }
+  std::fputs("\n", stdout);
+  if (options.steps > 0) report_speed("prefill", tokens.size() > 0 ? static_cast<size_t>(prompt_len) : 0, prefill_seconds);
+  report_speed("decode", decoded, decode_seconds);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(parse_args(argc, argv));
+  } catch (const std::exception& error) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "error: %s\n%s", error.what(), kUsage);
+    return 1;
+  }
+}
