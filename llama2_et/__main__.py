@@ -10,6 +10,7 @@ from .checkpoint import CheckpointError, load_checkpoint
 from .config import kv_cache_bytes, param_count
 from .generate import EagerDecoder, Sampler, generate_text
 from .tokenizer import Tokenizer
+from .train import add_config_arguments, config_from_arguments, train
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -54,6 +55,17 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(f"{'kv cache (fp32)':>20}: {kv_cache_bytes(a) / 2**20:.2f} MiB")
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    result = train(config_from_arguments(args))
+    if result is None:  # not rank 0 of a torchrun job
+        return
+    model = load_checkpoint(result.llama2c_bin)  # the exported .bin, read back by the core loader
+    tokenizer = Tokenizer(result.data.tokenizer_model)
+    room = model.args.max_seq_len - len(tokenizer.encode(args.prompt))
+    text = "".join(generate_text(EagerDecoder(model), tokenizer, args.prompt, room, Sampler(0.0)))
+    print(f"greedy sample from {result.llama2c_bin}:\n{text}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m llama2_et", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -68,6 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="hyper-parameters, parameter count and KV-cache memory")
     p.add_argument("--checkpoint", required=True, help="checkpoint path or preset name")
     p.set_defaults(func=cmd_info)
+
+    # --- train ---
+    p = sub.add_parser(
+        "train",
+        help="train on TinyStories (tokenizer, shards, AdamW; resumable; torchrun for DDP)",
+        description="Defaults are the tiny preset: minutes on 2 CPU cores with the local sample.",
+    )
+    add_config_arguments(p)
+    p.add_argument("--prompt", default="Once upon a time", help="greedy sample printed at the end")
+    p.set_defaults(func=cmd_train)
 
     return parser
 
