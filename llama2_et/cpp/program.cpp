@@ -21,7 +21,11 @@ std::string last_runtime_error;  // ExecuTorch logs its reasons; we keep the las
 
 void keep_error_log(et_timestamp_t, et_pal_log_level_t level, const char*, const char*, size_t,
                     const char* message, size_t length) {
-  if (level == kError || level == kFatal) last_runtime_error.assign(message, length);
+  if (level != kError && level != kFatal) return;
+  last_runtime_error.assign(message, length);
+  for (char& c : last_runtime_error) {  // it may quote bytes of a corrupt file
+    if (c < ' ' || c > '~') c = '?';
+  }
 }
 
 // "<what>: <ExecuTorch error> (<its last log line>)"

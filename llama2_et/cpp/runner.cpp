@@ -28,7 +28,8 @@ constexpr const char* kUsage =
     "  --temperature   0 = greedy argmax (default 0)\n"
     "  --top-p         nucleus sampling threshold in (0, 1]; 1 = off (default 1)\n"
     "  --seed          random seed for sampling (default: the current time)\n"
-    "  --print-tokens  print token ids (prompt with BOS, then generated) instead of text\n";
+    "  --print-tokens  print token ids (prompt with BOS, then generated) instead of text;\n"
+    "                  with --steps 0 and no --model it only encodes the prompt\n";
 
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -92,7 +93,8 @@ Options parse_args(int argc, char** argv) {
       throw UsageError("unknown option " + flag);
     }
   }
-  if (options.model.empty()) throw UsageError("--model is required");
+  const bool encode_only = options.print_tokens && options.steps == 0;
+  if (options.model.empty() && !encode_only) throw UsageError("--model is required");
   if (options.tokenizer.empty()) throw UsageError("--tokenizer is required");
   return options;
 }
@@ -116,8 +118,20 @@ void emit(const Options& options, const Tokenizer& tokenizer, int64_t prev, int6
   std::fflush(stdout);
 }
 
+// The prompt as run.c prints it: text without BOS, or every id with BOS.
+void emit_prompt(const Options& options, const Tokenizer& tokenizer, const std::vector<int64_t>& tokens) {
+  for (size_t i = options.print_tokens ? 0 : 1; i < tokens.size(); ++i) {
+    emit(options, tokenizer, i == 0 ? -1 : tokens[i - 1], tokens[i]);
+  }
+}
+
 int run(const Options& options) {
   const Tokenizer tokenizer(options.tokenizer);
+  if (options.model.empty()) {  // encode only
+    emit_prompt(options, tokenizer, tokenizer.encode(options.prompt));
+    std::fputs("\n", stdout);
+    return 0;
+  }
   const auto load_start = std::chrono::steady_clock::now();
   Program program(options.model);
   std::fprintf(stderr, "load: %s (%s design) in %.2f ms\n", options.model.c_str(),
@@ -134,9 +148,7 @@ int run(const Options& options) {
                      std::to_string(options.steps) + " exceeds the model's max_seq_len of " +
                      std::to_string(program.max_seq_len()) + "; shorten the prompt or lower --steps");
   }
-  for (size_t i = options.print_tokens ? 0 : 1; i < tokens.size(); ++i) {
-    emit(options, tokenizer, i == 0 ? -1 : tokens[i - 1], tokens[i]);
-  }
+  emit_prompt(options, tokenizer, tokens);
 
   Sampler sampler(options.temperature, options.top_p, options.seed);
   std::vector<float> logits;

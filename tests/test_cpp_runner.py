@@ -1,0 +1,203 @@
+"""The C++ runner against references: eager PyTorch generation, sentencepiece, and bad inputs.
+
+The runner is built once (reused while its sources are unchanged) and runs stories260K exported
+in both program designs.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from functools import cache
+
+import pytest
+import torch
+from torch.export import Dim, export
+
+from llama2_et.checkpoint import load_checkpoint
+from llama2_et.cpp import build_runner
+from llama2_et.generate import EagerDecoder, Sampler, generate, generate_text
+from llama2_et.preproc import WithPositions
+from llama2_et.tokenizer import Tokenizer
+
+PROMPTS = ["Once upon a time", "Lily and Ben went to the park. They saw a big dog!"]
+STEPS = 60
+
+
+class PreprocDesign(torch.nn.Module):
+    """forward(tokens, cos, sin, mask, input_pos) -> last logits (1, V): the slicing stays outside."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens, cos, sin, mask, input_pos):
+        return self.model.last_logits(tokens, cos, sin, mask, input_pos)
+
+
+def export_pte(module, example, dynamic_shapes, path, constants, xnnpack: bool):
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    with torch.no_grad():
+        program = export(module.eval(), example, dynamic_shapes=dynamic_shapes, strict=False)
+    partitioners = [XnnpackPartitioner()] if xnnpack else []
+    edge = to_edge_transform_and_lower(program, partitioner=partitioners, constant_methods=constants)
+    path.write_bytes(edge.to_executorch().buffer)
+    return path
+
+
+@pytest.fixture(scope="module")
+def runner():
+    return build_runner()
+
+
+@pytest.fixture(scope="module")
+def ptes(data_dir, tmp_path_factory) -> dict:
+    """stories260K as .pte: the positions design with XNNPACK, the preproc design portable."""
+    out = tmp_path_factory.mktemp("pte")
+    model = load_checkpoint(data_dir / "stories260K.bin").setup_kv_cache()
+    a = model.args
+    constants = {"get_max_seq_len": a.max_seq_len, "get_head_dim": a.head_dim, "get_rope_theta": a.rope_theta}
+    seq = Dim("seq_len", min=1, max=a.max_seq_len)
+    tokens = torch.zeros(1, 3, dtype=torch.long)  # (1, L)
+    half = a.head_dim // 2
+    window = (torch.zeros(3, half), torch.zeros(3, half), torch.zeros(3, a.max_seq_len), torch.arange(3))
+    return {
+        "positions": export_pte(
+            WithPositions(model),
+            (tokens, torch.tensor([0])),
+            ({1: seq}, None),
+            out / "positions.pte",
+            constants,
+            xnnpack=True,
+        ),
+        "preproc": export_pte(
+            PreprocDesign(model),
+            (tokens, *window),
+            ({1: seq}, {0: seq}, {0: seq}, {0: seq}, {0: seq}),
+            out / "preproc.pte",
+            constants,
+            xnnpack=False,
+        ),
+    }
+
+
+def run(runner, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(runner), *map(str, args)], capture_output=True, text=True, timeout=120)
+
+
+@cache
+def eager_greedy(data_dir, prompt: str, steps: int) -> tuple[list[int], str]:
+    """Prompt ids + greedy ids, and the streamed text, from the eager model with its KV cache."""
+    tokenizer = Tokenizer(data_dir / "tok512.model")
+    ids = tokenizer.encode(prompt)
+    decoder = EagerDecoder(load_checkpoint(data_dir / "stories260K.bin"))
+    new_ids = list(generate(decoder, ids, steps, Sampler(0.0)))
+    text = "".join(generate_text(decoder, tokenizer, prompt, steps, Sampler(0.0)))
+    return ids + new_ids, text
+
+
+@pytest.mark.parametrize("design", ["positions", "preproc"])
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_greedy_equals_eager(runner, ptes, data_dir, design, prompt):
+    ids, text = eager_greedy(data_dir, prompt, STEPS)
+    common = ["--model", ptes[design], "--tokenizer", data_dir / "tok512.bin", "--prompt", prompt]
+    as_ids = run(runner, *common, "--steps", STEPS, "--print-tokens")
+    assert as_ids.returncode == 0, as_ids.stderr
+    assert [int(t) for t in as_ids.stdout.split()] == ids
+    as_text = run(runner, *common, "--steps", STEPS, "--temperature", 0)
+    assert as_text.returncode == 0, as_text.stderr
+    assert as_text.stdout == text + "\n"
+    assert f"({design} design)" in as_text.stderr
+    assert "prefill:" in as_text.stderr and "decode:" in as_text.stderr
+
+
+def test_tiny_top_p_is_greedy_and_seed_repeats(runner, ptes, data_dir):
+    """top-p keeps only the most likely token when p is tiny; the same seed gives the same sample."""
+    ids, _ = eager_greedy(data_dir, PROMPTS[0], STEPS)
+    common = ["--model", ptes["positions"], "--tokenizer", data_dir / "tok512.bin", "--prompt", PROMPTS[0]]
+    nucleus = run(runner, *common, "--steps", STEPS, "--temperature", 1, "--top-p", 1e-6, "--print-tokens")
+    assert [int(t) for t in nucleus.stdout.split()] == ids
+    sampled = [
+        run(runner, *common, "--steps", STEPS, "--temperature", 1, "--seed", seed).stdout for seed in (7, 7)
+    ]
+    assert sampled[0] == sampled[1]
+    assert sampled[0].startswith(PROMPTS[0])
+
+
+@pytest.mark.parametrize(
+    "tokenizer,text",
+    [
+        ("tok512", "Once upon a time, there was a little girl named Lily."),
+        ("tok512", "Tom had 123 apples and 45 pears."),
+        ("tok512", "Zoë ate crème brûlée in 東京 🙂"),
+        ("tokenizer", "Once upon a time, there was a little girl named Lily."),
+        ("tokenizer", "Zoë ate crème brûlée in 東京 🙂 at 10:45"),
+    ],
+)
+def test_encoding_equals_sentencepiece(runner, data_dir, tokenizer, text):
+    expected = Tokenizer(data_dir / f"{tokenizer}.model").encode(text)
+    result = run(
+        runner, "--tokenizer", data_dir / f"{tokenizer}.bin", "--prompt", text, "--steps", 0, "--print-tokens"
+    )
+    assert result.returncode == 0, result.stderr
+    assert [int(t) for t in result.stdout.split()] == expected
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory, ptes, data_dir) -> dict:
+    """Broken inputs: truncated and random .pte, a .pte of another signature, broken tokenizer.bin."""
+    out = tmp_path_factory.mktemp("bad")
+    good = ptes["positions"].read_bytes()
+    (out / "truncated.pte").write_bytes(good[: len(good) // 3])
+    (out / "random.pte").write_bytes(torch.randint(0, 256, (4096,), dtype=torch.uint8).numpy().tobytes())
+    (out / "truncated.bin").write_bytes((data_dir / "tok512.bin").read_bytes()[:3000])
+    (out / "random.bin").write_bytes(torch.randint(0, 256, (1000,), dtype=torch.uint8).numpy().tobytes())
+
+    class Doubler(torch.nn.Module):
+        def forward(self, x):
+            return x * 2
+
+    export_pte(Doubler(), (torch.ones(4),), None, out / "doubler.pte", {"get_max_seq_len": 8}, xnnpack=False)
+    return out
+
+
+BAD_INPUTS = {  # name: (arguments, text the message must contain)
+    "missing .pte": (["--model", "{bad}/missing.pte"], "missing.pte"),
+    "truncated .pte": (["--model", "{bad}/truncated.pte"], "truncated.pte"),
+    "random .pte": (["--model", "{bad}/random.pte"], "random.pte"),
+    "other signature": (["--model", "{bad}/doubler.pte"], "doubler.pte"),
+    "truncated tokenizer": (["--tokenizer", "{bad}/truncated.bin"], "truncated.bin"),
+    "random tokenizer": (["--tokenizer", "{bad}/random.bin"], "random.bin"),
+    "tokenizer of another model": (["--tokenizer", "{data}/tokenizer.bin"], "32000"),
+    "prompt past max_seq_len": (["--prompt", "Once upon a time " * 200], "max_seq_len"),
+    "steps past max_seq_len": (["--steps", "600"], "max_seq_len"),
+    "unknown flag": (["--tokens", "5"], "--tokens"),
+    "missing value": (["--steps"], "--steps"),
+    "not a number": (["--temperature", "hot"], "hot"),
+    "top-p out of range": (["--top-p", "1.5"], "--top-p"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_INPUTS)
+def test_bad_input_is_a_message_and_exit_1(runner, ptes, bad_files, data_dir, name):
+    args, needle = BAD_INPUTS[name]
+    defaults = {"--model": ptes["positions"], "--tokenizer": data_dir / "tok512.bin", "--steps": "10"}
+    args = [a.format(bad=bad_files, data=data_dir) for a in args]
+    for flag, value in defaults.items():  # a valid value for every flag the case leaves out
+        if flag not in args:
+            args = [flag, str(value), *args]
+    result = run(runner, *args)
+    assert result.returncode == 1, (result.returncode, result.stderr)  # not a signal: no crash, no abort
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error_lines) == 1 and needle in error_lines[0], result.stderr
+    assert "usage: llama2_et_runner" in result.stderr
+
+
+def test_build_runner_cli_prints_only_the_path(runner):
+    result = subprocess.run(
+        [sys.executable, "-m", "llama2_et", "build-runner"], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{runner}\n"
