@@ -66,6 +66,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"greedy sample from {result.llama2c_bin}:\n{text}")
 
 
+def cmd_build_runner(args: argparse.Namespace) -> None:
+    from .cpp import build_runner
+
+    print(build_runner(args.build_dir, force=args.force))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m llama2_et", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -90,6 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(p)
     p.add_argument("--prompt", default="Once upon a time", help="greedy sample printed at the end")
     p.set_defaults(func=cmd_train)
+
+    # --- build-runner ---
+    p = sub.add_parser(
+        "build-runner",
+        help="build the C++ runner (CMake, Release, against the ExecuTorch wheel); prints its path",
+    )
+    p.add_argument("--build-dir", default=None, help="build folder (default: <cache>/runner)")
+    p.add_argument("--force", action="store_true", help="rebuild from scratch even if the build is fresh")
+    p.set_defaults(func=cmd_build_runner)
 
     return parser
 
