@@ -72,6 +72,23 @@ def cmd_build_runner(args: argparse.Namespace) -> None:
     print(build_runner(args.build_dir, force=args.force))
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from .bench import MODELS, run_bench
+
+    quick = args.quick  # stories260K only, short runs: the book chapter's and the smoke test's setting
+    models = args.models.split(",") if args.models else (["stories260K"] if quick else list(MODELS))
+    run_bench(
+        models,
+        out=args.out,
+        rows=args.rows.split(",") if args.rows else None,
+        prompt_tokens=args.prompt_tokens or (32 if quick else 64),
+        new_tokens=args.new_tokens or (32 if quick else 128),
+        repeats=args.repeats or (2 if quick else 3),
+        rounds=args.rounds or (1 if quick else 3),
+        work_dir=args.work_dir,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m llama2_et", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +122,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--build-dir", default=None, help="build folder (default: <cache>/runner)")
     p.add_argument("--force", action="store_true", help="rebuild from scratch even if the build is fresh")
     p.set_defaults(func=cmd_build_runner)
+
+    # --- bench ---
+    p = sub.add_parser(
+        "bench", help="prefill/decode speed, RSS and size of every runtime vs ExecuTorch's export_llm"
+    )
+    p.add_argument("--quick", action="store_true", help="stories260K only, 32+32 tokens, fewer repetitions")
+    p.add_argument("--models", default=None, help="comma-separated: stories15M-shape,stories260K")
+    p.add_argument(
+        "--rows", default=None, help="comma-separated subset of rows (default: all; see bench.ROWS)"
+    )
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--prompt-tokens", type=int, default=None, help="prefill length (default 64)")
+    p.add_argument("--new-tokens", type=int, default=None, help="greedy tokens generated (default 128)")
+    p.add_argument(
+        "--repeats", type=int, default=None, help="timed runs per process after a warm-up (default 3)"
+    )
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds of ours vs peer (default 3)")
+    p.add_argument(
+        "--work-dir", default=None, help="keep the exported programs here (default: a temp folder)"
+    )
+    p.set_defaults(func=cmd_bench)
 
     return parser
 

@@ -1,0 +1,138 @@
+"""ExecuTorch's own LLM tooling as the reference: `export_llm` makes a .pte, `TextLLMRunner` runs it.
+
+The peer is what a reader would use without this project: the llama implementation shipped in the
+executorch wheel (examples/models/llama), exported by `python -m executorch.extension.llm.export.
+export_llm` from a checkpoint in Meta's format, with a KV cache, the custom SDPA op and XNNPACK,
+then run by the C++ `TextLLMRunner` through its Python binding. The same runner also runs our
+positions-design .pte, which is how we show that program speaks the runner's metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .checkpoint import save_meta
+from .model import Transformer
+
+EXPORT_LLM = "executorch.extension.llm.export.export_llm"
+
+
+def export_peer(
+    model: Transformer,
+    out_path: str | Path,
+    max_seq_len: int | None = None,
+    bos_id: int = 1,
+    eos_ids: tuple[int, ...] = (1, 2),
+    xnnpack: bool = True,
+) -> Path:
+    """Write `model` as a .pte made by ExecuTorch's export_llm (KV cache, custom SDPA, fp32).
+
+    The checkpoint goes through Meta's format (consolidated.00.pth + params.json), the input
+    export_llm reads. `eos_ids` defaults to llama2.c's stop rule (BOS or EOS ends a story), so
+    TextLLMRunner stops where our `generate` stops.
+    """
+    out_path = Path(out_path).resolve()
+    if out_path.suffix != ".pte":
+        raise ValueError(f"{out_path}: the peer's output must be a .pte file")
+    max_seq_len = max_seq_len or model.args.max_seq_len
+    if not 1 < max_seq_len <= model.args.max_seq_len:
+        raise ValueError(
+            f"max_seq_len={max_seq_len} must be in 2..{model.args.max_seq_len} (the model's context)"
+        )
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="peer_export_") as work:
+        meta = save_meta(model, Path(work) / "meta")
+        params_file = meta / "params.json"
+        params = json.loads(params_file.read_text())
+        params.pop("max_seq_len", None)  # export_llm passes its own max_seq_len: a second one is a TypeError
+        params_file.write_text(json.dumps(params))
+        metadata = json.dumps({"get_bos_id": bos_id, "get_eos_ids": list(eos_ids)})
+        overrides = [
+            "base.model_class=llama2",
+            f"base.checkpoint={meta / 'consolidated.00.pth'}",
+            f"base.params={params_file}",
+            f"base.metadata='{metadata}'",
+            "model.use_kv_cache=True",
+            "model.use_sdpa_with_kv_cache=True",
+            "model.enable_dynamic_shape=True",
+            "model.dtype_override=fp32",
+            f"backend.xnnpack.enabled={xnnpack}",
+            f"export.max_seq_length={max_seq_len}",
+            f"export.max_context_length={max_seq_len}",
+            f"export.output_name={out_path}",  # a name ending in .pte is used as the path verbatim
+            f"hydra.run.dir={work}/hydra",  # hydra writes its logs there, not into the caller's folder
+        ]
+        proc = subprocess.run(
+            [sys.executable, "-m", EXPORT_LLM, *overrides], cwd=work, capture_output=True, text=True
+        )
+    if proc.returncode != 0 or not out_path.is_file():
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-20:])
+        raise RuntimeError(f"{EXPORT_LLM} failed (exit {proc.returncode}) writing {out_path}:\n{tail}")
+    return out_path
+
+
+def load_runner_ops() -> None:
+    """Register the llama custom ops (custom_sdpa, update_cache) that export_llm's programs call."""
+    from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401  (the import registers them)
+
+
+@dataclass
+class RunnerOutput:
+    """What one TextLLMRunner.generate call produced."""
+
+    text: str  # the generated text, prompt excluded
+    pieces: list[str]  # one decoded piece per generated token
+    piece_times: list[float]  # seconds from the call to each piece's callback
+    stats: dict = field(default_factory=dict)  # the runner's own Stats (millisecond resolution)
+
+
+class TextRunner:
+    """A .pte in ExecuTorch's C++ TextLLMRunner (our positions-design program or export_llm's)."""
+
+    def __init__(self, pte_path: str | Path, tokenizer_path: str | Path):
+        pte_path, tokenizer_path = Path(pte_path), Path(tokenizer_path)
+        if not pte_path.is_file():
+            raise FileNotFoundError(f"program not found: {pte_path}")
+        if not tokenizer_path.is_file():
+            raise FileNotFoundError(f"tokenizer not found: {tokenizer_path}")
+        if tokenizer_path.suffix != ".model":
+            raise ValueError(
+                f"{tokenizer_path}: TextLLMRunner reads a sentencepiece .model (e.g. tok512.model), "
+                "not llama2.c's tokenizer.bin"
+            )
+        load_runner_ops()
+        from executorch.extension.llm.runner import TextLLMRunner
+
+        self.pte_path = pte_path
+        self.runner = TextLLMRunner(str(pte_path), str(tokenizer_path))
+
+    def generate(self, prompt: str, max_new_tokens: int, temperature: float = 0.0) -> RunnerOutput:
+        """Prefill the prompt (with BOS) and generate up to max_new_tokens; temperature 0 is greedy."""
+        from executorch.extension.llm.runner import GenerationConfig
+
+        config = GenerationConfig(
+            echo=False, max_new_tokens=max_new_tokens, temperature=temperature, num_bos=1, num_eos=0
+        )
+        pieces: list[str] = []
+        piece_times: list[float] = []
+        stats: list[str] = []
+
+        def on_piece(piece: str) -> None:
+            piece_times.append(time.perf_counter() - start)
+            pieces.append(piece)
+
+        self.runner.reset()  # the runner keeps its position across calls (multi-turn chat)
+        start = time.perf_counter()
+        try:
+            self.runner.generate(prompt, config, on_piece, lambda s: stats.append(s.to_json_string()))
+        except RuntimeError as exc:
+            raise RuntimeError(
+                f"TextLLMRunner failed on {self.pte_path}: {exc} (see its log above)"
+            ) from None
+        return RunnerOutput("".join(pieces), pieces, piece_times, json.loads(stats[0]) if stats else {})

@@ -1,0 +1,92 @@
+"""ExecuTorch's own LLM tooling as the reference for our model, our .pte and the bench.
+
+- export_llm's .pte of stories260K (ExecuTorch's own llama implementation, fed our weights through
+  save_meta) gives the logits and greedy tokens of our eager model;
+- the bench's measurement path (subprocess workers, RSS, JSON) on the eager rows.
+
+Run time: about 2-3 minutes on a loaded 2-core machine, most of it the two exports.
+"""
+
+import json
+
+import pytest
+import torch
+
+from llama2_et.generate import EagerDecoder, Sampler, generate_text
+from llama2_et.peer import TextRunner, export_peer, load_runner_ops
+
+PROMPT = "Once upon a time"
+NEW_TOKENS = 60
+
+
+@pytest.fixture(scope="module")
+def eager_text(stories260k, tok512) -> str:
+    """Greedy eager text after the prompt, as our generate streams it."""
+    pieces = list(generate_text(EagerDecoder(stories260k), tok512, PROMPT, NEW_TOKENS, Sampler(0.0)))
+    assert pieces[0] == PROMPT
+    return "".join(pieces[1:])
+
+
+@pytest.fixture(scope="module")
+def peer_pte(stories260k, tmp_path_factory):
+    return export_peer(stories260k, tmp_path_factory.mktemp("peer") / "stories260K_peer.pte")
+
+
+def test_peer_logits_equal_our_eager_model(peer_pte, stories260k, tok512):
+    """ExecuTorch's llama (custom SDPA, XNNPACK) on our weights: same logits, prefill and decode."""
+    load_runner_ops()
+    from executorch.runtime import Runtime
+
+    method = Runtime.get().load_program(peer_pte).load_method("forward")
+    decoder = EagerDecoder(stories260k)
+    decoder.reset()
+    ids = tok512.encode(PROMPT, bos=True)
+    expected = decoder.step(ids, 0)
+    got = method.execute([torch.tensor([ids]), torch.tensor([0])])[0].reshape(-1)  # (V,)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    pos = len(ids)
+    for _ in range(8):
+        token = int(expected.argmax())
+        assert int(got.argmax()) == token
+        expected = decoder.step([token], pos)
+        got = method.execute([torch.tensor([[token]]), torch.tensor([pos])])[0].reshape(-1)
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+        pos += 1
+
+
+def test_peer_in_text_runner_gives_eager_greedy_text(peer_pte, data_dir, eager_text):
+    out = TextRunner(peer_pte, data_dir / "tok512.model").generate(PROMPT, NEW_TOKENS)
+    assert out.text == eager_text
+    assert len(out.pieces) == NEW_TOKENS
+
+
+def test_text_runner_rejects_bad_inputs(peer_pte, data_dir, tmp_path):
+    with pytest.raises(ValueError, match="sentencepiece .model"):
+        TextRunner(peer_pte, data_dir / "tok512.bin")
+    with pytest.raises(FileNotFoundError, match="missing.pte"):
+        TextRunner(tmp_path / "missing.pte", data_dir / "tok512.model")
+
+
+def test_export_peer_rejects_bad_arguments(stories260k, tmp_path):
+    with pytest.raises(ValueError, match=r"\.pte"):
+        export_peer(stories260k, tmp_path / "peer.bin")
+    with pytest.raises(ValueError, match="max_seq_len=1024"):
+        export_peer(stories260k, tmp_path / "peer.pte", max_seq_len=1024)
+
+
+def test_bench_eager_rows(data_dir, tmp_path, capsys):
+    """The bench's measurement path: a worker process per row, RSS, the table, the JSON."""
+    from llama2_et.bench import run_bench
+
+    out = tmp_path / "bench.json"
+    run_bench(["stories260K"], out=out, rows=["eager-nocache", "eager"], prompt_tokens=16, new_tokens=4, repeats=1)
+    result = json.loads(out.read_text())["models"]["stories260K"]
+    assert result["prompt_tokens"] == 16
+    rows = {r["key"]: r for r in result["rows"]}
+    assert set(rows) == {"eager-nocache", "eager"}
+    for r in rows.values():
+        assert r["greedy_match"] == 1.0  # a fresh process reloading save_meta's files gives eager's tokens
+        assert r["generated_tokens"] == 4
+        assert r["prefill_tps"] > 0 and r["decode_tps"] > 0
+        assert r["peak_rss_mib"] >= r["rss_increase_mib"] > 0
+    assert "eager PyTorch, KV cache" in capsys.readouterr().out
