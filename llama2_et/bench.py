@@ -430,6 +430,7 @@ def _worker(spec: dict) -> dict:
 
         load_runner_ops()
     from .generate import EagerDecoder, NoCacheDecoder
+
     baseline = _reset_peak_rss()
     result: dict = {"prefill_tps": [], "decode_tps": []}
     if kind == "text-runner":

@@ -79,7 +79,9 @@ def test_bench_eager_rows(data_dir, tmp_path, capsys):
     from llama2_et.bench import run_bench
 
     out = tmp_path / "bench.json"
-    run_bench(["stories260K"], out=out, rows=["eager-nocache", "eager"], prompt_tokens=16, new_tokens=4, repeats=1)
+    run_bench(
+        ["stories260K"], out=out, rows=["eager-nocache", "eager"], prompt_tokens=16, new_tokens=4, repeats=1
+    )
     result = json.loads(out.read_text())["models"]["stories260K"]
     assert result["prompt_tokens"] == 16
     rows = {r["key"]: r for r in result["rows"]}
