@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds of ours vs peer (default 3)")
     p.add_argument(
-        "--work-dir", default=None, help="keep the exported programs here (default: a temp folder)"
+        "--work-dir", default=None, help="keep the exported programs here, reusing those already there"
     )
     p.set_defaults(func=cmd_bench)
 

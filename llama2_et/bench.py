@@ -131,31 +131,37 @@ def eager_reference(model: Transformer, prompt_ids: list[int], new_tokens: int) 
     return {"tokens": tokens, "logits": torch.stack(logits)}  # logits (N, V)
 
 
-def export_programs(bm: BenchModel, work: Path, keys: set[str], progress: Callable) -> dict[str, dict]:
-    """Export the programs the rows need: {key: {"path", "bytes", "export_s"}}."""
-    if not keys:
-        return {}
-    from . import export
+def export_programs(
+    bm: BenchModel, work: Path, keys: set[str], progress: Callable, reuse: bool = False
+) -> dict[str, dict]:
+    """Export the programs the rows need: {key: {"path", "bytes", "export_s"}}; reuse existing files if asked."""
     from .peer import export_peer
 
+    def ours(**options) -> Callable[[Path], object]:
+        def build(path: Path) -> object:
+            from .export import export_pte
+
+            return export_pte(bm.model, path, **options)
+
+        return build
+
     builders = {
-        "portable": lambda p: export.export_pte(bm.model, p, backend="portable"),
-        "xnnpack": lambda p: export.export_pte(bm.model, p, backend="xnnpack"),
-        "8da8w": lambda p: export.export_pte(bm.model, p, backend="xnnpack", quantize="8da8w"),
-        "8da4w": lambda p: export.export_pte(bm.model, p, backend="xnnpack", quantize="8da4w"),
-        "positions": lambda p: export.export_pte(bm.model, p, backend="xnnpack", design="positions"),
-        "peer": lambda p: export_peer(bm.model, p),
+        "portable": ours(backend="portable"),
+        "xnnpack": ours(backend="xnnpack"),
+        "8da8w": ours(backend="xnnpack", quantize="8da8w"),
+        "8da4w": ours(backend="xnnpack", quantize="8da4w"),
+        "positions": ours(backend="xnnpack", design="positions"),
+        "peer": lambda path: export_peer(bm.model, path),
     }
     programs = {}
     for key in progress([k for k in builders if k in keys], desc=f"{bm.name}: export", unit="pte"):
         path = work / f"{key}.pte"
+        reused = reuse and path.is_file()
         start = time.perf_counter()
-        builders[key](path)
-        programs[key] = {
-            "path": str(path),
-            "bytes": path.stat().st_size,
-            "export_s": time.perf_counter() - start,
-        }
+        if not reused:
+            builders[key](path)
+        export_s = None if reused else time.perf_counter() - start
+        programs[key] = {"path": str(path), "bytes": path.stat().st_size, "export_s": export_s}
     return programs
 
 
@@ -185,13 +191,14 @@ def bench_model(
     repeats: int,
     rounds: int,
     progress: Callable,
+    reuse: bool = False,
 ) -> dict:
     """Export, then measure every row; the key pair alternates for `rounds` rounds."""
     work.mkdir(parents=True, exist_ok=True)
     ref_path = work / "reference.pt"
     torch.save(eager_reference(bm.model, bm.prompt_ids, new_tokens), ref_path)
     meta_dir = save_meta(bm.model, work / "meta")
-    programs = export_programs(bm, work, {r.program for r in rows if r.program}, progress)
+    programs = export_programs(bm, work, {r.program for r in rows if r.program}, progress, reuse)
     cpp_binary = tokenizer_bin = None
     if any(r.kind == "cpp" for r in rows):
         from .cpp import build_runner
@@ -221,11 +228,16 @@ def bench_model(
         runs.setdefault(row.key, []).append(measure(spec, work))
     results = [summarize(row, runs[row.key], programs.get(row.program)) for row in rows]
     add_ratios(results)
+    profiles = {}
+    if {"positions", "peer"} <= set(programs):  # the key pair: where a decode step's time goes
+        for row in (r for r in rows if r.key in KEY_PAIR):
+            profiles[row.label] = profile_decode(programs[row.program]["path"], bm.prompt_ids)
     return {
         "prompt_tokens": len(bm.prompt_ids),
         "new_tokens": new_tokens,
         "params": bm.model.args.to_dict(),
         "rows": results,
+        "profile": profiles,
     }
 
 
@@ -265,6 +277,70 @@ def add_ratios(results: list[dict]) -> None:
         r["rss_increase_vs_peer"] = r["rss_increase_mib"] / peer["rss_increase_mib"]
         if "file_bytes" in r:
             r["file_vs_peer"] = r["file_bytes"] / peer["file_bytes"]
+
+
+PROFILE_WRAPPERS = {
+    "Method::execute",
+    "Program::load_method",
+    "Method::init",
+    "OPERATOR_CALL",
+    "DELEGATE_CALL",
+}
+
+
+def profile_decode(pte_path: str | Path, prompt_ids: list[int], decode_steps: int = 32) -> dict:
+    """ETDump profile of the decode steps of a positions-design program (ours or export_llm's).
+
+    Returns per decode step: total ms, the delegate calls and their ms, the portable (non-delegated)
+    operator calls and their ms, and the ops that take the most time.
+    """
+    from executorch.devtools import Inspector
+    from executorch.runtime import Runtime
+
+    from .peer import load_runner_ops
+
+    load_runner_ops()
+    program = Runtime.get().load_program(str(pte_path), enable_etdump=True)
+    method = program.load_method("forward")
+    method.execute([torch.tensor([prompt_ids]), torch.tensor([0])])
+    for pos in range(len(prompt_ids), len(prompt_ids) + decode_steps):
+        method.execute([torch.tensor([[prompt_ids[-1]]]), torch.tensor([pos])])
+    with tempfile.TemporaryDirectory() as tmp:
+        etdump = str(Path(tmp) / "decode.etdp")
+        program.write_etdump_result_to_file(etdump, str(Path(tmp) / "debug.bin"))
+        frame = Inspector(etdump_path=etdump).to_dataframe()
+    per_step: dict[str, list[float]] = {}  # event name -> [ms per step, calls per step]
+    for name, raw in zip(frame["event_name"], frame["raw"], strict=True):
+        if len(raw) != decode_steps + 1:
+            continue  # not a per-run event (loading, init)
+        decode_ms = raw[1:]  # raw[0] is the prefill run
+        entry = per_step.setdefault(name, [0.0, 0.0])
+        entry[0] += sum(decode_ms) / len(decode_ms)
+        entry[1] += 1
+    top = sorted((n for n in per_step if n not in PROFILE_WRAPPERS), key=lambda n: -per_step[n][0])
+    portable = [
+        n for n in per_step if n.startswith("native_call_") or "::" in n and n not in PROFILE_WRAPPERS
+    ]
+    return {
+        "step_ms": per_step["Method::execute"][0],
+        "delegate_calls": per_step.get("DELEGATE_CALL", [0, 0])[1],
+        "delegate_ms": per_step.get("DELEGATE_CALL", [0.0])[0],
+        "portable_calls": sum(per_step[n][1] for n in portable),
+        "portable_ms": sum(per_step[n][0] for n in portable),
+        "top_ops": [{"op": n, "ms": per_step[n][0], "calls": per_step[n][1]} for n in top[:10]],
+    }
+
+
+def format_profile(profiles: dict[str, dict]) -> str:
+    """The key pair's decode profiles side by side: where a step's time goes."""
+    lines = ["decode step profile (ETDump, ms per step):"]
+    for label, p in profiles.items():
+        lines.append(
+            f"  {label}: {p['step_ms']:.2f} ms = {p['delegate_calls']:.0f} delegate calls {p['delegate_ms']:.2f} ms"
+            f" + {p['portable_calls']:.0f} non-delegated ops {p['portable_ms']:.2f} ms; top: "
+            + ", ".join(f"{o['op']} {o['ms']:.2f}" for o in p["top_ops"][:6])
+        )
+    return "\n".join(lines)
 
 
 def goal_check(model_result: dict) -> list[str]:
@@ -325,7 +401,10 @@ def run_bench(
     work_dir: str | Path | None = None,
     show: Callable[[str], None] = print,
 ) -> dict:
-    """Bench the named models side by side, print the tables and the goal check, write JSON to `out`."""
+    """Bench the named models side by side, print the tables and the goal check, write JSON to `out`.
+
+    With `work_dir` the exported programs are kept there, and programs already there are reused.
+    """
     from tqdm import tqdm
 
     unknown = set(rows or ()) - set(ROW_KEYS)
@@ -339,16 +418,19 @@ def run_bench(
     result = {"machine": machine_info(), "repeats": repeats, "rounds": rounds, "models": {}}
     with tempfile.TemporaryDirectory(prefix="llama2_et_bench_") as tmp:
         work = Path(work_dir) if work_dir else Path(tmp)
+        reuse = work_dir is not None
         for name in models:
             bm = build_model(name, prompt_tokens)
             if len(bm.prompt_ids) + new_tokens > bm.model.args.max_seq_len:
                 raise ValueError(
                     f"{name}: prompt + new_tokens exceeds max_seq_len={bm.model.args.max_seq_len}"
                 )
-            model_result = bench_model(bm, work / name, selected, new_tokens, repeats, rounds, tqdm)
+            model_result = bench_model(bm, work / name, selected, new_tokens, repeats, rounds, tqdm, reuse)
             model_result["goal"] = goal_check(model_result) if name == "stories15M-shape" else []
             result["models"][name] = model_result
             show(format_table(name, model_result))
+            if model_result["profile"]:
+                show(format_profile(model_result["profile"]))
             for line in model_result["goal"]:
                 show(line)
     if out is not None:
