@@ -228,6 +228,15 @@ def bench_model(
         runs.setdefault(row.key, []).append(measure(spec, work))
     results = [summarize(row, runs[row.key], programs.get(row.program)) for row in rows]
     add_ratios(results)
+    paired = {}
+    if all(key in runs for key in KEY_PAIR):  # round by round, so load drifts cancel in each ratio
+        ours, peer = (runs[key] for key in KEY_PAIR)
+        for phase in ("prefill", "decode"):
+            ratios = [
+                statistics.median(o[f"{phase}_tps"]) / statistics.median(p[f"{phase}_tps"])
+                for o, p in zip(ours, peer, strict=True)
+            ]
+            paired[phase] = {"per_round": ratios, "median": statistics.median(ratios)}
     profiles = {}
     if {"positions", "peer"} <= set(programs):  # the key pair: where a decode step's time goes
         for row in (r for r in rows if r.key in KEY_PAIR):
@@ -237,6 +246,7 @@ def bench_model(
         "new_tokens": new_tokens,
         "params": bm.model.args.to_dict(),
         "rows": results,
+        "paired_ratios": paired,
         "profile": profiles,
     }
 
@@ -349,6 +359,14 @@ def goal_check(model_result: dict) -> list[str]:
     if "peer" not in rows:
         return ["speed goal: not checked (the peer row was not measured)"]
     lines = []
+    paired = model_result.get("paired_ratios")
+    if paired:
+        met = paired["decode"]["median"] >= GOAL_DECODE and paired["prefill"]["median"] >= GOAL_PREFILL
+        lines.append(
+            f"speed goal, paired rounds (ours positions vs peer, both in TextLLMRunner): decode "
+            f"{paired['decode']['median']:.2f}x, prefill {paired['prefill']['median']:.2f}x "
+            f"(rounds: {', '.join(f'{r:.2f}' for r in paired['decode']['per_round'])}): {'MET' if met else 'NOT MET'}"
+        )
     for key in ("runner-ours", "cpp", "pte-xnnpack"):
         if key in rows:
             r = rows[key]
