@@ -83,9 +83,9 @@ void Program::check_signature() {
   if (vocab_size <= 0) {
     last_runtime_error.clear();
     throw std::runtime_error(
-        "forward of " + path_ + " takes " + std::to_string(n_inputs) +
-        " inputs of unexpected types; expected (tokens, input_pos) or (tokens, cos, sin, mask, input_pos) "
-        "int64/float32 inputs returning float32 logits (1, V), as `python -m llama2_et export` writes");
+        "forward of " + path_ + " (" + std::to_string(n_inputs) + " inputs) matches neither design: "
+        "expected int64 (tokens, input_pos) or (tokens, cos, sin, mask, input_pos) with float32 tables, "
+        "returning float32 logits (1, V), as `python -m llama2_et export` writes");
   }
   logits_.resize(static_cast<size_t>(vocab_size));
 }
@@ -111,7 +111,7 @@ double Program::number_constant(const std::string& name) {
 
 const std::vector<float>& Program::forward(const std::vector<int64_t>& tokens, int64_t start_pos) {
   const auto seq_len = static_cast<int32_t>(tokens.size());
-  std::vector<int64_t> token_data = tokens;
+  std::vector<int64_t> token_data = tokens;  // from_blob wraps mutable memory
   std::vector<int64_t> positions;
   std::vector<float> cos, sin, mask;
   std::vector<TensorPtr> tensors = {from_blob(token_data.data(), {1, seq_len}, ScalarType::Long)};  // (1, L)

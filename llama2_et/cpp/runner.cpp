@@ -170,7 +170,7 @@ int run(const Options& options) {
     tokens.push_back(next);
   }
   std::fputs("\n", stdout);
-  if (options.steps > 0) report_speed("prefill", tokens.size() > 0 ? static_cast<size_t>(prompt_len) : 0, prefill_seconds);
+  if (options.steps > 0) report_speed("prefill", static_cast<size_t>(prompt_len), prefill_seconds);
   report_speed("decode", decoded, decode_seconds);
   return 0;
 }
