@@ -131,6 +131,12 @@ def test_resume_continues_the_uninterrupted_run_exactly(tiny, capsys):
         assert torch.equal(from_bin(tokens, *Preproc(from_bin.args).full(32)), expected)
     assert second.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    with pytest.raises(ValueError, match="other model settings: ModelArgs"):
+        train(tiny("resumed", resume=True, dim=32), progress=False)
+    # a new 400-piece tokenizer (trained on the same stories) cannot continue a 512-token model
+    with pytest.raises(ValueError, match="vocab_size 512 vs 400 \\(tokenizer/model mismatch\\)"):
+        train(tiny("resumed", resume=True, tokenizer=None, vocab_size=400), progress=False)
+
 
 def test_torchrun_two_processes_equal_one_process_accumulating_two(tiny):
     ddp = tiny("ddp", max_steps=4, grad_accum=1)
