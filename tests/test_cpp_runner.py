@@ -6,6 +6,7 @@ in both program designs.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from functools import cache
@@ -193,6 +194,23 @@ def test_bad_input_is_a_message_and_exit_1(runner, ptes, bad_files, data_dir, na
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(error_lines) == 1 and needle in error_lines[0], result.stderr
     assert "usage: llama2_et_runner" in result.stderr
+
+
+def test_fresh_build_is_reused(runner):
+    built_at = runner.stat().st_mtime_ns
+    assert build_runner() == runner
+    assert runner.stat().st_mtime_ns == built_at
+
+
+def test_missing_cmake_or_compiler_is_a_clear_error(tmp_path, monkeypatch):
+    cmake = shutil.which("cmake")
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(RuntimeError, match="cmake not found"):
+        build_runner(tmp_path / "build")
+    (tmp_path / "cmake").symlink_to(cmake)
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler found"):
+        build_runner(tmp_path / "build")
 
 
 def test_build_runner_cli_prints_only_the_path(runner):
