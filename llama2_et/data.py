@@ -33,6 +33,7 @@ TINYSTORIES_FILES = (
     "TinyStoriesV2-GPT4-train.txt",
     "TinyStoriesV2-GPT4-valid.txt",
 )
+TOKENIZER_STORIES = 200_000  # stories a tokenizer trains on at most (the full train split has ~2.1M)
 SAMPLE = "tinystories_train_sample.txt"  # 2,316 real stories, in LLAMA2_ET_DATA (not on the Hub)
 
 
@@ -240,13 +241,6 @@ class TokenBatches:
             )
         self.shard_weights = usable / usable.sum()
 
-    @property
-    def num_tokens(self) -> int:
-        return sum(len(t) for t in self.tokens)
-
-    def max_token(self) -> int:
-        return max(int(t.max()) for t in self.tokens)
-
     def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The index-th random batch: x, y (B, L) int64, windows chosen uniformly over all shards."""
         rng = np.random.default_rng([self.seed, index])
@@ -317,7 +311,7 @@ def prepare_data(
     train, val = split_stories(stories, val_fraction, seed)
     tokenizer_bin = None
     if tokenizer_model is None:
-        tokenizer_model = train_tokenizer(train, out_dir / f"tok{vocab_size}", vocab_size)
+        tokenizer_model = train_tokenizer(train[:TOKENIZER_STORIES], out_dir / f"tok{vocab_size}", vocab_size)
         from .tokenizer import export_llama2c
 
         tokenizer_bin = str(export_llama2c(tokenizer_model, out_dir / f"tok{vocab_size}.bin"))

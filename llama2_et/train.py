@@ -144,9 +144,11 @@ class Distributed:
 
     @property
     def is_main(self) -> bool:
+        """Rank 0: the process that logs and writes files."""
         return self.rank == 0
 
     def barrier(self) -> None:
+        """Wait for every process."""
         if self.world_size > 1:
             dist.barrier()
 
