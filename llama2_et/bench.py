@@ -51,13 +51,13 @@ class Row:
 ROWS = (
     Row("eager-nocache", "eager PyTorch, no cache", "eager-nocache"),
     Row("eager", "eager PyTorch, KV cache", "eager"),
-    Row("pte-portable", "our .pte portable (Python runtime)", "pte", "portable"),
-    Row("pte-xnnpack", "our .pte XNNPACK fp32 (Python runtime)", "pte", "xnnpack"),
-    Row("pte-8da8w", "our .pte XNNPACK 8da8w (Python runtime)", "pte", "8da8w"),
-    Row("pte-8da4w", "our .pte XNNPACK 8da4w (Python runtime)", "pte", "8da4w"),
-    Row("cpp", "our C++ runner, .pte XNNPACK fp32", "cpp", "xnnpack"),
-    Row("runner-ours", "our .pte XNNPACK fp32 (positions) in TextLLMRunner", "text-runner", "positions"),
-    Row("peer", "peer: export_llm .pte in TextLLMRunner", "text-runner", "peer"),
+    Row("pte-portable", "our .pte portable (preproc, Python runtime)", "pte", "portable"),
+    Row("pte-xnnpack", "our .pte XNNPACK fp32 (preproc, Python runtime)", "pte", "xnnpack"),
+    Row("pte-8da8w", "our .pte XNNPACK 8da8w (preproc, Python runtime)", "pte", "8da8w"),
+    Row("pte-8da4w", "our .pte XNNPACK 8da4w (preproc, Python runtime)", "pte", "8da4w"),
+    Row("cpp", "our C++ runner (positions .pte, XNNPACK fp32)", "cpp", "positions"),
+    Row("runner-ours", "TextLLMRunner (our positions .pte, XNNPACK fp32)", "text-runner", "positions"),
+    Row("peer", "peer: TextLLMRunner (export_llm .pte, XNNPACK fp32)", "text-runner", "peer"),
 )
 ROW_KEYS = tuple(r.key for r in ROWS)
 KEY_PAIR = ("runner-ours", "peer")  # same runner, so only the programs differ: measured interleaved
@@ -146,11 +146,11 @@ def export_programs(
         return build
 
     builders = {
-        "portable": ours(backend="portable"),
-        "xnnpack": ours(backend="xnnpack"),
-        "8da8w": ours(backend="xnnpack", quantize="8da8w"),
-        "8da4w": ours(backend="xnnpack", quantize="8da4w"),
-        "positions": ours(backend="xnnpack", design="positions"),
+        "portable": ours(design="preproc", backend="portable"),
+        "xnnpack": ours(design="preproc", backend="xnnpack"),
+        "8da8w": ours(design="preproc", backend="xnnpack", quantize_scheme="8da8w"),
+        "8da4w": ours(design="preproc", backend="xnnpack", quantize_scheme="8da4w"),
+        "positions": ours(design="positions", backend="xnnpack"),
         "peer": lambda path: export_peer(bm.model, path),
     }
     programs = {}
@@ -158,10 +158,14 @@ def export_programs(
         path = work / f"{key}.pte"
         reused = reuse and path.is_file()
         start = time.perf_counter()
-        if not reused:
-            builders[key](path)
+        report = None if reused else builders[key](path)
         export_s = None if reused else time.perf_counter() - start
         programs[key] = {"path": str(path), "bytes": path.stat().st_size, "export_s": export_s}
+        if hasattr(report, "delegate_calls"):  # our export reports what it delegated
+            programs[key]["delegation"] = {
+                name: getattr(report, name)
+                for name in ("delegate_calls", "delegated_nodes", "portable_nodes", "portable_ops")
+            }
     return programs
 
 
@@ -273,6 +277,8 @@ def summarize(row: Row, runs: list[dict], program: dict | None) -> dict:
             out[key] = runs[0][key]
     if program:
         out.update(file_bytes=program["bytes"], export_s=program["export_s"], program=program["path"])
+        if "delegation" in program:
+            out["delegation"] = program["delegation"]
     return out
 
 
