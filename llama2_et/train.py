@@ -220,6 +220,41 @@ def load_training_checkpoint(path: str | Path) -> dict:
     return state
 
 
+def restore(
+    path: Path, model: Transformer, optimizer: torch.optim.Optimizer, ctx: Distributed
+) -> tuple[int, dict]:
+    """Load weights, optimizer state and this process's RNG state; returns the step and loss history."""
+    state = load_training_checkpoint(path)
+    if state["model_args"] != model.args.to_dict():
+        saved, args = ModelArgs(**state["model_args"]), model.args
+        detail = (
+            f"vocab_size {saved.vocab_size} vs {args.vocab_size} (tokenizer/model mismatch)"
+            if saved.vocab_size != args.vocab_size
+            else f"{saved} vs {args}"
+        )
+        raise ValueError(f"{path} was trained with other model settings: {detail}")
+    if len(state["rng_states"]) != ctx.world_size:
+        raise ValueError(
+            f"{path} was written by {len(state['rng_states'])} processes; "
+            f"resume it with the same number (now {ctx.world_size})"
+        )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    rng = state["rng_states"][ctx.rank]
+    torch.set_rng_state(rng["cpu"])
+    if "cuda" in rng and ctx.device.type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"], ctx.device)
+    return state["iter_num"], state["history"]
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """This process's random generator states (dropout draws from them)."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
 def plot_losses(history: dict, path: str | Path, entropy: float | None = None) -> Path:
     """A PNG of the train and validation loss curves, with the unigram entropy for reference."""
     from matplotlib.figure import Figure  # a bare Figure renders with Agg and leaves pyplot's state alone
@@ -304,24 +339,7 @@ def _train(cfg: TrainConfig, ctx: Distributed, progress: bool, started: float) -
     step = 0
     checkpoint_path = out_dir / "ckpt.pt"
     if cfg.resume:
-        state = load_training_checkpoint(checkpoint_path)
-        if state["model_args"] != args.to_dict():
-            saved = ModelArgs(**state["model_args"])
-            detail = (
-                f"vocab_size {saved.vocab_size} vs {args.vocab_size} (tokenizer/model mismatch)"
-                if saved.vocab_size != args.vocab_size
-                else f"{saved} vs {args}"
-            )
-            raise ValueError(f"{checkpoint_path} was trained with other model settings: {detail}")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, history = state["iter_num"], state["history"]
-        if len(state["rng_states"]) != ctx.world_size:
-            raise ValueError(
-                f"{checkpoint_path} was written by {len(state['rng_states'])} processes; "
-                f"resume it with the same number (now {ctx.world_size})"
-            )
-        torch.set_rng_state(state["rng_states"][ctx.rank])
+        step, history = restore(checkpoint_path, model, optimizer, ctx)
         log(f"resumed from {checkpoint_path} at step {step}")
     log(f"model: {param_count(args):,} parameters, {args}")
 
@@ -333,10 +351,10 @@ def _train(cfg: TrainConfig, ctx: Distributed, progress: bool, started: float) -
     tokens_per_step = cfg.batch_size * cfg.max_seq_len * cfg.grad_accum * ctx.world_size
 
     def checkpoint() -> None:
-        rng_states = [torch.get_rng_state()]
+        rng_states = [rng_state(ctx.device)]
         if ddp:
             rng_states = [None] * ctx.world_size
-            dist.all_gather_object(rng_states, torch.get_rng_state())
+            dist.all_gather_object(rng_states, rng_state(ctx.device))
         if ctx.is_main:
             state = {
                 "model": model.state_dict(),
