@@ -1,0 +1,155 @@
+"""A .pte as a decoder: load it with executorch.runtime, prefill, decode, and generate.
+
+`PteDecoder` implements the decoder protocol of generate.py (`max_seq_len`, `vocab_size`,
+`reset()`, `step(tokens, start_pos) -> logits (V,)`), so the same generation loop and samplers
+drive eager PyTorch and the exported program, and greedy output matches token for token.
+It serves both program designs of export.py, told apart by the number of forward inputs:
+2 (tokens, input_pos) is the positions design; 5 (tokens, cos, sin, mask, input_pos) is the
+preproc design, for which this class slices the RoPE tables and the mask itself (`Preproc`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .config import ModelArgs
+from .preproc import Preproc
+
+SCALAR_TYPES = {4: "int64", 6: "float32"}  # c10::ScalarType codes in MethodMeta's TensorInfo
+PTE_MAGIC = b"ET"  # bytes 4..5 of every ExecuTorch program (flatbuffer file identifier "ETnn")
+DESIGN_BY_INPUTS = {2: "positions", 5: "preproc"}
+REQUIRED_METADATA = ("get_max_seq_len", "get_vocab_size")
+PREPROC_METADATA = ("get_dim", "get_n_heads", "get_n_kv_heads", "get_n_layers", "get_rope_theta")
+EXPORT_HINT = "export one with `python -m llama2_et export --checkpoint ... --out FILE.pte`"
+
+
+class PteDecoder:
+    """An exported program (.pte) with its KV cache in the program's mutable buffers."""
+
+    def __init__(self, pte_path: str | Path):
+        path = Path(pte_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"program not found: {path}; {EXPORT_HINT}")
+        with path.open("rb") as f:
+            head = f.read(8)
+        if len(head) < 8 or head[4:6] != PTE_MAGIC:
+            raise ValueError(f"{path} is not an ExecuTorch program (no 'ET' file identifier); {EXPORT_HINT}")
+        from executorch.runtime import Runtime
+
+        self.path = path
+        try:
+            self.program = Runtime.get().load_program(path)
+            self.method = (
+                self.program.load_method("forward") if "forward" in self.program.method_names else None
+            )
+        except RuntimeError as exc:
+            raise ValueError(
+                f"{path} cannot be loaded ({exc}): truncated or corrupt? {EXPORT_HINT}"
+            ) from None
+        if self.method is None:
+            raise ValueError(f"{path} has no 'forward' method; {EXPORT_HINT}")
+        self.metadata = self._read_metadata()
+        n_inputs = self.method.metadata.num_inputs()
+        if n_inputs not in DESIGN_BY_INPUTS:
+            raise ValueError(
+                f"{path}: forward takes {n_inputs} inputs, but a llama2_et program takes 2 (tokens, "
+                f"input_pos) or 5 (tokens, cos, sin, mask, input_pos); {EXPORT_HINT}"
+            )
+        self.design = DESIGN_BY_INPUTS[n_inputs]
+        self._check_inputs()
+        self.max_seq_len = int(self.metadata["get_max_seq_len"])
+        self.vocab_size = int(self.metadata["get_vocab_size"])
+        self.preproc = Preproc(self.model_args()) if self.design == "preproc" else None
+        self.cached = 0  # positions 0..cached-1 hold this sequence's keys and values
+
+    def _read_metadata(self) -> dict[str, object]:
+        """The constant methods (get_max_seq_len, ...) as Python values."""
+        names = self.program.method_names
+        missing = [name for name in REQUIRED_METADATA if name not in names]
+        if missing:
+            raise ValueError(
+                f"{self.path} lacks the metadata methods {', '.join(missing)}: not a llama2_et or "
+                f"ExecuTorch LLM program; {EXPORT_HINT}"
+            )
+        values = {}
+        for name in names - {"forward"}:
+            out = self.program.load_method(name).execute([])
+            values[name] = out[0] if len(out) == 1 and name != "get_eos_ids" else list(out)
+        return values
+
+    def _check_inputs(self) -> None:
+        """The forward inputs must have the dtypes our designs use: int64 tokens and positions."""
+        meta = self.method.metadata
+        dtypes = [
+            SCALAR_TYPES.get(meta.input_tensor_meta(i).dtype(), "other") for i in range(meta.num_inputs())
+        ]
+        expected = ["int64"] * 2 if self.design == "positions" else ["int64", *["float32"] * 3, "int64"]
+        if dtypes != expected:
+            raise ValueError(
+                f"{self.path}: forward input dtypes {dtypes} do not match the {self.design} design "
+                f"({', '.join(expected)}); {EXPORT_HINT}"
+            )
+
+    def model_args(self) -> ModelArgs:
+        """The hyper-parameters the preproc step needs, rebuilt from the program's metadata."""
+        missing = [name for name in PREPROC_METADATA if name not in self.metadata]
+        if missing:
+            raise ValueError(f"{self.path} lacks the metadata {', '.join(missing)}; {EXPORT_HINT}")
+        m = self.metadata
+        return ModelArgs(
+            dim=int(m["get_dim"]),
+            n_layers=int(m["get_n_layers"]),
+            n_heads=int(m["get_n_heads"]),
+            n_kv_heads=int(m["get_n_kv_heads"]),
+            vocab_size=int(m["get_vocab_size"]),
+            max_seq_len=int(m["get_max_seq_len"]),
+            rope_theta=float(m["get_rope_theta"]),
+        )
+
+    def reset(self) -> None:
+        """Start a new sequence.
+
+        The cache buffers keep the old keys and values, but they are never read: the next step
+        starts at position 0, every step writes its positions before attending, and the causal
+        mask hides every slot past the current position. `step` refuses to skip positions, so
+        no slot is read before this sequence wrote it. (Reloading the program would clear them
+        too, at the cost of re-packing every weight.)
+        """
+        self.cached = 0
+
+    def step(self, tokens: list[int], start_pos: int) -> torch.Tensor:
+        """Run tokens at positions start_pos.. and return the logits (V,) after the last one."""
+        n = len(tokens)
+        if n == 0:
+            raise ValueError("step needs at least one token")
+        if start_pos < 0 or start_pos > self.cached:
+            raise ValueError(
+                f"start_pos={start_pos} but the cache holds positions 0..{self.cached - 1}: decode "
+                "positions in order (reset() and prefill from 0 to start over)"
+            )
+        if start_pos + n > self.max_seq_len:
+            raise ValueError(
+                f"positions {start_pos}..{start_pos + n - 1} run past the end of the cache of {self.path} "
+                f"({self.max_seq_len} positions, max_seq_len); shorten the prompt or generate fewer tokens"
+            )
+        bad = [t for t in tokens if not 0 <= t < self.vocab_size]
+        if bad:
+            raise ValueError(f"token ids {bad[:5]} are outside the vocabulary 0..{self.vocab_size - 1}")
+        x = torch.tensor([tokens], dtype=torch.long)  # (1, L)
+        if self.design == "positions":
+            inputs = [x, torch.tensor([start_pos], dtype=torch.long)]
+        else:
+            inputs = [
+                x,
+                *self.preproc.window(start_pos, n),
+            ]  # cos, sin (L, Dh/2), mask (L, Lm), input_pos (L,)
+        try:
+            logits = self.method.execute(inputs)[0]  # (1, V)
+        except RuntimeError as exc:
+            raise RuntimeError(
+                f"{self.path}: forward failed at positions {start_pos}..{start_pos + n - 1}: {exc}"
+            ) from None
+        self.cached = start_pos + n
+        return logits.reshape(-1)[-self.vocab_size :]  # (V,): the last position's row
