@@ -8,6 +8,7 @@ outside the package and is reused while the sources and the wheel stay the same.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -80,6 +81,13 @@ def build_runner(build_dir: str | Path | None = None, force: bool = False) -> Pa
     cmake = _require_tools()
     cmake_dir = executorch_cmake_dir()
     build = Path(build_dir) if build_dir is not None else cache_dir() / "runner"
+    build.parent.mkdir(parents=True, exist_ok=True)
+    with open(build.parent / f"{build.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time: tests, bench and the CLI share the folder
+        return _build(cmake, cmake_dir, build, force)
+
+
+def _build(cmake: str, cmake_dir: Path, build: Path, force: bool) -> Path:
     binary, stamp_path = build / BINARY_NAME, build / "llama2_et_build.stamp"
     stamp = _build_stamp(cmake_dir)
     fresh = binary.is_file() and stamp_path.is_file() and stamp_path.read_text() == stamp
@@ -92,6 +100,7 @@ def build_runner(build_dir: str | Path | None = None, force: bool = False) -> Pa
     if force or configured_elsewhere:  # CMake refuses a build folder made for other sources
         shutil.rmtree(build, ignore_errors=True)
     build.mkdir(parents=True, exist_ok=True)
+    stamp_path.unlink(missing_ok=True)
     log_path = build / "build.log"
     log_path.write_text("")
     print(f"building {BINARY_NAME} in {build} (log: {log_path})", file=sys.stderr)
