@@ -84,9 +84,31 @@ def cmd_bench(args: argparse.Namespace) -> None:
         prompt_tokens=args.prompt_tokens or (32 if quick else 64),
         new_tokens=args.new_tokens or (32 if quick else 128),
         repeats=args.repeats or (2 if quick else 3),
-        rounds=args.rounds or (1 if quick else 3),
+        rounds=args.rounds or (3 if quick else 10),
         work_dir=args.work_dir,
     )
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from .export import export_pte
+
+    model = load_checkpoint(assets.resolve_checkpoint(args.checkpoint))
+    report = export_pte(
+        model,
+        args.out,
+        design=args.design,
+        backend=args.backend,
+        quantize_scheme=args.quantize,
+        max_seq_len=args.max_seq_len,
+        group_size=args.group_size,
+    )
+    print(report.summary())
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from .runtime import PteDecoder
+
+    stream(PteDecoder(args.pte), args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,11 +160,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--repeats", type=int, default=None, help="timed runs per process after a warm-up (default 3)"
     )
-    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds of ours vs peer (default 3)")
+    p.add_argument(
+        "--rounds", type=int, default=None, help="alternating runs of ours vs peer, one process (default 10)"
+    )
     p.add_argument(
         "--work-dir", default=None, help="keep the exported programs here, reusing those already there"
     )
     p.set_defaults(func=cmd_bench)
+
+    # --- export ---
+    from .export import BACKENDS, DESIGNS, QUANTIZATIONS
+
+    p = sub.add_parser("export", help="export a checkpoint to an ExecuTorch .pte (XNNPACK or portable)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint path or preset name (stories260K)")
+    p.add_argument("--out", required=True, help="the .pte file to write")
+    p.add_argument("--backend", choices=BACKENDS, default="xnnpack")
+    p.add_argument(
+        "--quantize", choices=QUANTIZATIONS, default="none", help="8da = 8-bit dynamic activations"
+    )
+    p.add_argument(
+        "--max-seq-len", type=int, default=None, help="context of the program (default: the model's)"
+    )
+    p.add_argument(
+        "--design",
+        choices=DESIGNS,
+        default="positions",
+        help="positions: (tokens, input_pos), runs in TextLLMRunner; preproc: cos/sin/mask inputs",
+    )
+    p.add_argument("--group-size", type=int, default=32, help="8da4w: inputs per int4 weight group")
+    p.set_defaults(func=cmd_export)
+
+    # --- run ---
+    p = sub.add_parser("run", help="generate text with an exported .pte (Python ExecuTorch runtime)")
+    p.add_argument("--pte", required=True, help="a .pte written by `export`")
+    add_sampling_args(p)
+    p.set_defaults(func=cmd_run)
 
     return parser
 
