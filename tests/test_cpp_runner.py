@@ -13,39 +13,17 @@ from functools import cache
 
 import pytest
 import torch
-from torch.export import Dim, export
+from executorch.exir import to_edge_transform_and_lower
 
 from llama2_et.checkpoint import load_checkpoint
 from llama2_et.cpp import build_runner
+from llama2_et.export import export_pte
 from llama2_et.generate import EagerDecoder, Sampler, generate, generate_text
-from llama2_et.preproc import WithPositions
 from llama2_et.tokenizer import Tokenizer
 
 PROMPTS = ["Once upon a time", "Lily and Ben went to the park. They saw a big dog!"]
 STEPS = 60
-
-
-class PreprocDesign(torch.nn.Module):
-    """forward(tokens, cos, sin, mask, input_pos) -> last logits (1, V): the slicing stays outside."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, tokens, cos, sin, mask, input_pos):
-        return self.model.last_logits(tokens, cos, sin, mask, input_pos)
-
-
-def export_pte(module, example, dynamic_shapes, path, constants, xnnpack: bool):
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import to_edge_transform_and_lower
-
-    with torch.no_grad():
-        program = export(module.eval(), example, dynamic_shapes=dynamic_shapes, strict=False)
-    partitioners = [XnnpackPartitioner()] if xnnpack else []
-    edge = to_edge_transform_and_lower(program, partitioner=partitioners, constant_methods=constants)
-    path.write_bytes(edge.to_executorch().buffer)
-    return path
+CONTEXT = 128  # max_seq_len of the exported programs: room for the prompts and STEPS
 
 
 @pytest.fixture(scope="module")
@@ -55,32 +33,13 @@ def runner():
 
 @pytest.fixture(scope="module")
 def ptes(data_dir, tmp_path_factory) -> dict:
-    """stories260K as .pte: the positions design with XNNPACK, the preproc design portable."""
+    """stories260K as .pte: the positions design on XNNPACK, the preproc design on portable kernels."""
     out = tmp_path_factory.mktemp("pte")
-    model = load_checkpoint(data_dir / "stories260K.bin").setup_kv_cache()
-    a = model.args
-    constants = {"get_max_seq_len": a.max_seq_len, "get_head_dim": a.head_dim, "get_rope_theta": a.rope_theta}
-    seq = Dim("seq_len", min=1, max=a.max_seq_len)
-    tokens = torch.zeros(1, 3, dtype=torch.long)  # (1, L)
-    half = a.head_dim // 2
-    window = (torch.zeros(3, half), torch.zeros(3, half), torch.zeros(3, a.max_seq_len), torch.arange(3))
+    model = load_checkpoint(data_dir / "stories260K.bin")
+    backends = {"positions": "xnnpack", "preproc": "portable"}
     return {
-        "positions": export_pte(
-            WithPositions(model),
-            (tokens, torch.tensor([0])),
-            ({1: seq}, None),
-            out / "positions.pte",
-            constants,
-            xnnpack=True,
-        ),
-        "preproc": export_pte(
-            PreprocDesign(model),
-            (tokens, *window),
-            ({1: seq}, {0: seq}, {0: seq}, {0: seq}, {0: seq}),
-            out / "preproc.pte",
-            constants,
-            xnnpack=False,
-        ),
+        design: export_pte(model, out / f"{design}.pte", design, backend, max_seq_len=CONTEXT).path
+        for design, backend in backends.items()
     }
 
 
@@ -160,7 +119,9 @@ def bad_files(tmp_path_factory, ptes, data_dir) -> dict:
         def forward(self, x):
             return x * 2
 
-    export_pte(Doubler(), (torch.ones(4),), None, out / "doubler.pte", {"get_max_seq_len": 8}, xnnpack=False)
+    program = torch.export.export(Doubler(), (torch.ones(4),))
+    edge = to_edge_transform_and_lower(program, constant_methods={"get_max_seq_len": 8})
+    (out / "doubler.pte").write_bytes(edge.to_executorch().buffer)
     return out
 
 
@@ -173,7 +134,7 @@ BAD_INPUTS = {  # name: (arguments, text the message must contain)
     "random tokenizer": (["--tokenizer", "{bad}/random.bin"], "random.bin"),
     "tokenizer of another model": (["--tokenizer", "{data}/tokenizer.bin"], "32000"),
     "prompt past max_seq_len": (["--prompt", "Once upon a time " * 200], "max_seq_len"),
-    "steps past max_seq_len": (["--steps", "600"], "max_seq_len"),
+    "steps past max_seq_len": (["--steps", str(CONTEXT)], "max_seq_len"),
     "unknown flag": (["--tokens", "5"], "--tokens"),
     "missing value": (["--steps"], "--steps"),
     "not a number": (["--temperature", "hot"], "hot"),
