@@ -86,6 +86,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         repeats=args.repeats or (2 if quick else 3),
         rounds=args.rounds or (3 if quick else 10),
         work_dir=args.work_dir,
+        threads=args.threads,
     )
 
 
@@ -165,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--work-dir", default=None, help="keep the exported programs here, reusing those already there"
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="threads for PyTorch and ExecuTorch (default: as is)"
     )
     p.set_defaults(func=cmd_bench)
 

@@ -196,8 +196,9 @@ def bench_model(
     rounds: int,
     progress: Callable,
     reuse: bool = False,
+    threads: int = 0,
 ) -> dict:
-    """Export, then measure every row; the key pair alternates for `rounds` rounds."""
+    """Export, measure every row in its own process, then ours vs the peer alternating for `rounds` rounds."""
     work.mkdir(parents=True, exist_ok=True)
     ref_path = work / "reference.pt"
     torch.save(eager_reference(bm.model, bm.prompt_ids, new_tokens), ref_path)
@@ -220,25 +221,25 @@ def bench_model(
         "new_tokens": new_tokens,
         "repeats": repeats,
         "reference": str(ref_path),
-        "threads": torch.get_num_threads(),
+        "threads": threads or torch.get_num_threads(),
     }
-    plan = [r for r in rows if r.key not in KEY_PAIR]
-    pair = [r for r in rows if r.key in KEY_PAIR]
-    plan += pair * rounds  # interleaved: ours, peer, ours, peer, ...
     runs: dict[str, list[dict]] = {}
-    for row in progress(plan, desc=f"{bm.name}: measure", unit="run"):
+    for row in progress(rows, desc=f"{bm.name}: measure", unit="row"):
         program = programs.get(row.program, {})
         spec = {**base, "row": row.key, "kind": row.kind, "program": program.get("path")}
         runs.setdefault(row.key, []).append(measure(spec, work))
     results = [summarize(row, runs[row.key], programs.get(row.program)) for row in rows]
     add_ratios(results)
     paired = {}
-    if all(key in runs for key in KEY_PAIR):  # round by round, so load drifts cancel in each ratio
-        ours, peer = (runs[key] for key in KEY_PAIR)
+    if all(key in runs for key in KEY_PAIR):  # one process alternating both: load drifts cancel in each ratio
+        pair_paths = [programs[row.program]["path"] for key in KEY_PAIR for row in rows if row.key == key]
+        spec = {**base, "row": "pair", "kind": "pair", "programs": pair_paths, "rounds": rounds}
+        with progress(total=1, desc=f"{bm.name}: ours vs peer, {rounds} interleaved rounds") as bar:
+            pair = measure(spec, work)
+            bar.update()
         for phase in ("prefill", "decode"):
             ratios = [
-                statistics.median(o[f"{phase}_tps"]) / statistics.median(p[f"{phase}_tps"])
-                for o, p in zip(ours, peer, strict=True)
+                o / p for o, p in zip(pair["ours"][f"{phase}_tps"], pair["peer"][f"{phase}_tps"], strict=True)
             ]
             paired[phase] = {"per_round": ratios, "median": statistics.median(ratios)}
     profiles = {}
@@ -421,13 +422,16 @@ def run_bench(
     prompt_tokens: int = 64,
     new_tokens: int = 128,
     repeats: int = 3,
-    rounds: int = 3,
+    rounds: int = 10,
     work_dir: str | Path | None = None,
+    threads: int | None = None,
     show: Callable[[str], None] = print,
 ) -> dict:
     """Bench the named models side by side, print the tables and the goal check, write JSON to `out`.
 
     With `work_dir` the exported programs are kept there, and programs already there are reused.
+    `threads` sets PyTorch's and ExecuTorch's thread pools in the workers (default: as installed;
+    the C++ runner keeps its own).
     """
     from tqdm import tqdm
 
@@ -439,7 +443,13 @@ def run_bench(
             f"need repeats >= 1, rounds >= 1 and new_tokens >= 2, got {repeats}, {rounds}, {new_tokens}"
         )
     selected = [r for r in ROWS if rows is None or r.key in rows]
-    result = {"machine": machine_info(), "repeats": repeats, "rounds": rounds, "models": {}}
+    result = {
+        "machine": machine_info(),
+        "threads": threads,
+        "repeats": repeats,
+        "rounds": rounds,
+        "models": {},
+    }
     with tempfile.TemporaryDirectory(prefix="llama2_et_bench_") as tmp:
         work = Path(work_dir) if work_dir else Path(tmp)
         reuse = work_dir is not None
@@ -449,8 +459,23 @@ def run_bench(
                 raise ValueError(
                     f"{name}: prompt + new_tokens exceeds max_seq_len={bm.model.args.max_seq_len}"
                 )
-            model_result = bench_model(bm, work / name, selected, new_tokens, repeats, rounds, tqdm, reuse)
+            model_result = bench_model(
+                bm,
+                work / name,
+                selected,
+                new_tokens,
+                repeats,
+                rounds,
+                tqdm,
+                reuse,
+                threads or torch.get_num_threads(),
+            )
             model_result["goal"] = goal_check(model_result) if name == "stories15M-shape" else []
+            if paired := model_result["paired_ratios"]:
+                show(
+                    f"ours (positions .pte) / peer, both in TextLLMRunner, {rounds} alternating runs: "
+                    f"decode {paired['decode']['median']:.2f}x, prefill {paired['prefill']['median']:.2f}x (medians)"
+                )
             result["models"][name] = model_result
             show(format_table(name, model_result))
             if model_result["profile"]:
@@ -523,15 +548,50 @@ def _match(tokens: list[int], reference: list[int]) -> float:
     return sum(a == b for a, b in zip(tokens, reference, strict=False)) / len(reference)
 
 
+def _time_runner(runner, prompt: str, new_tokens: int) -> tuple[float, float, object]:
+    """One greedy TextLLMRunner run: prefill tok/s (to the first piece), decode tok/s, its output."""
+    out = runner.generate(prompt, new_tokens)
+    t = out.piece_times
+    return out.stats["prompt_tokens"] / t[0], (len(t) - 1) / (t[-1] - t[0]), out
+
+
+def _worker_pair(spec: dict) -> dict:
+    """Ours and the peer in one process, alternating run by run (and who goes first), after a warm-up each."""
+    from .peer import TextRunner
+
+    runners = {
+        name: TextRunner(path, spec["tokenizer"])
+        for name, path in zip(("ours", "peer"), spec["programs"], strict=True)
+    }
+    result = {name: {"prefill_tps": [], "decode_tps": []} for name in runners}
+    for runner in runners.values():
+        _time_runner(runner, spec["prompt"], spec["new_tokens"])
+    for i in range(spec["rounds"]):
+        for name in ("ours", "peer") if i % 2 == 0 else ("peer", "ours"):
+            prefill, decode, _ = _time_runner(runners[name], spec["prompt"], spec["new_tokens"])
+            result[name]["prefill_tps"].append(prefill)
+            result[name]["decode_tps"].append(decode)
+    return result
+
+
 def _worker(spec: dict) -> dict:
     """Measure one runtime as the spec says; the result holds per-repetition speeds and peak RSS."""
     kind, prompt_ids, n = spec["kind"], spec["prompt_ids"], spec["new_tokens"]
     reference = torch.load(spec["reference"])
     if kind == "cpp":
         return _worker_cpp(spec, reference)
+    torch.set_num_threads(spec["threads"])
+    if kind != "eager" and kind != "eager-nocache":
+        from executorch.extension.pybindings import portable_lib
+
+        portable_lib._unsafe_reset_threadpool(
+            spec["threads"]
+        )  # shared by the Python runtime and TextLLMRunner
+    if kind == "pair":
+        return _worker_pair(spec)
     if kind == "pte":
         from .runtime import PteDecoder
-    elif kind == "text-runner":
+    elif kind in ("text-runner", "pair"):
         from .peer import load_runner_ops
 
         load_runner_ops()
@@ -543,16 +603,13 @@ def _worker(spec: dict) -> dict:
         from .peer import TextRunner
 
         runner = TextRunner(spec["program"], spec["tokenizer"])
-        texts = []
         for _ in range(spec["repeats"] + 1):
-            out = runner.generate(spec["prompt"], n)
-            t = out.piece_times
-            result["prefill_tps"].append(out.stats.get("prompt_tokens", len(prompt_ids)) / t[0])
-            result["decode_tps"].append((len(t) - 1) / (t[-1] - t[0]))
-            texts.append(out.text)
+            prefill, decode, out = _time_runner(runner, spec["prompt"], n)
+            result["prefill_tps"].append(prefill)
+            result["decode_tps"].append(decode)
         tokenizer = Tokenizer(spec["tokenizer"])
         eager_text = tokenizer.decode(prompt_ids + reference["tokens"])[len(tokenizer.decode(prompt_ids)) :]
-        result["greedy_match"] = texts[-1] == eager_text
+        result["greedy_match"] = out.text == eager_text
         result["generated_tokens"] = len(out.pieces)
     else:
         if kind == "pte":
