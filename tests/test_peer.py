@@ -2,6 +2,7 @@
 
 - export_llm's .pte of stories260K (ExecuTorch's own llama implementation, fed our weights through
   save_meta) gives the logits and greedy tokens of our eager model;
+- our positions-design .pte runs unchanged in ExecuTorch's TextLLMRunner, greedy text equal to eager;
 - the bench's measurement path (subprocess workers, RSS, JSON) on the eager rows.
 
 Run time: about 2-3 minutes on a loaded 2-core machine, most of it the two exports.
@@ -58,6 +59,16 @@ def test_peer_in_text_runner_gives_eager_greedy_text(peer_pte, data_dir, eager_t
     out = TextRunner(peer_pte, data_dir / "tok512.model").generate(PROMPT, NEW_TOKENS)
     assert out.text == eager_text
     assert len(out.pieces) == NEW_TOKENS
+
+
+def test_our_positions_pte_runs_in_text_runner(stories260k, data_dir, eager_text, tmp_path):
+    from llama2_et.export import export_pte
+
+    pte = tmp_path / "stories260K_positions.pte"
+    export_pte(stories260k, pte, design="positions", backend="xnnpack")
+    runner = TextRunner(pte, data_dir / "tok512.model")
+    assert runner.generate(PROMPT, NEW_TOKENS).text == eager_text
+    assert runner.generate(PROMPT, NEW_TOKENS).text == eager_text  # reset between calls
 
 
 def test_text_runner_rejects_bad_inputs(peer_pte, data_dir, tmp_path):
