@@ -4,10 +4,13 @@
 // dynamic), then decode feeds one token per call; the KV cache lives inside the program.
 // Text streams to stdout, prompt first, as llama2.c's run.c prints it; speeds go to stderr.
 
+#include <cerrno>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -31,32 +34,30 @@ constexpr const char* kUsage =
     "  --print-tokens  print token ids (prompt with BOS, then generated) instead of text;\n"
     "                  with --steps 0 and no --model it only encodes the prompt\n";
 
-struct UsageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
 struct Options {
   std::string model, tokenizer, prompt;
-  long steps = 128;
+  long long steps = 128;
   float temperature = 0.0f;
   float top_p = 1.0f;
-  unsigned long long seed = static_cast<unsigned long long>(std::time(nullptr));
+  uint64_t seed = static_cast<uint64_t>(std::time(nullptr));
   bool print_tokens = false;
 };
 
 double parse_number(const std::string& flag, const std::string& text) {
   char* end = nullptr;
   const double value = std::strtod(text.c_str(), &end);
-  if (text.empty() || *end != '\0') throw UsageError(flag + " expects a number, got '" + text + "'");
+  if (text.empty() || *end != '\0') throw std::runtime_error(flag + " expects a number, got '" + text + "'");
   return value;
 }
 
-long parse_integer(const std::string& flag, const std::string& text) {
-  const double value = parse_number(flag, text);
-  if (value != static_cast<double>(static_cast<long>(value)) || value < 0) {
-    throw UsageError(flag + " expects a non-negative integer, got '" + text + "'");
+long long parse_count(const std::string& flag, const std::string& text) {
+  char* end = nullptr;
+  errno = 0;
+  const long long value = std::strtoll(text.c_str(), &end, 10);
+  if (text.empty() || *end != '\0' || errno == ERANGE || value < 0) {
+    throw std::runtime_error(flag + " expects a non-negative integer, got '" + text + "'");
   }
-  return static_cast<long>(value);
+  return value;
 }
 
 Options parse_args(int argc, char** argv) {
@@ -71,7 +72,10 @@ Options parse_args(int argc, char** argv) {
       std::fputs(kUsage, stdout);
       std::exit(0);
     }
-    if (i + 1 >= argc) throw UsageError(flag.rfind("--", 0) == 0 ? "missing value for " + flag : "unexpected argument " + flag);
+    const std::set<std::string> valued = {"--model", "--tokenizer", "--prompt", "--steps",
+                                          "--temperature", "--top-p", "--seed"};
+    if (!valued.count(flag)) throw std::runtime_error("unknown option " + flag);
+    if (i + 1 >= argc) throw std::runtime_error("missing value for " + flag);
     const std::string value = argv[++i];
     if (flag == "--model") {
       options.model = value;
@@ -80,22 +84,24 @@ Options parse_args(int argc, char** argv) {
     } else if (flag == "--prompt") {
       options.prompt = value;
     } else if (flag == "--steps") {
-      options.steps = parse_integer(flag, value);
+      options.steps = parse_count(flag, value);
     } else if (flag == "--temperature") {
       options.temperature = static_cast<float>(parse_number(flag, value));
-      if (!(options.temperature >= 0.0f)) throw UsageError("--temperature must be >= 0, got " + value);
+      if (!(options.temperature >= 0.0f)) {
+        throw std::runtime_error("--temperature must be >= 0, got " + value);
+      }
     } else if (flag == "--top-p") {
       options.top_p = static_cast<float>(parse_number(flag, value));
-      if (!(options.top_p > 0.0f && options.top_p <= 1.0f)) throw UsageError("--top-p must be in (0, 1], got " + value);
+      if (!(options.top_p > 0.0f && options.top_p <= 1.0f)) {
+        throw std::runtime_error("--top-p must be in (0, 1], got " + value);
+      }
     } else if (flag == "--seed") {
-      options.seed = static_cast<unsigned long long>(parse_integer(flag, value));
-    } else {
-      throw UsageError("unknown option " + flag);
+      options.seed = static_cast<uint64_t>(parse_count(flag, value));
     }
   }
   const bool encode_only = options.print_tokens && options.steps == 0;
-  if (options.model.empty() && !encode_only) throw UsageError("--model is required");
-  if (options.tokenizer.empty()) throw UsageError("--tokenizer is required");
+  if (options.model.empty() && !encode_only) throw std::runtime_error("--model is required");
+  if (options.tokenizer.empty()) throw std::runtime_error("--tokenizer is required");
   return options;
 }
 
@@ -134,19 +140,21 @@ int run(const Options& options) {
   }
   const auto load_start = std::chrono::steady_clock::now();
   Program program(options.model);
-  std::fprintf(stderr, "load: %s (%s design) in %.2f ms\n", options.model.c_str(),
-               program.design() == Design::kPositions ? "positions" : "preproc", seconds_since(load_start) * 1e3);
+  const char* design = program.design() == Design::kPositions ? "positions" : "preproc";
+  std::fprintf(stderr, "load: %s (%s design) in %.2f ms\n", options.model.c_str(), design,
+               seconds_since(load_start) * 1e3);
   if (tokenizer.vocab_size() != program.vocab_size()) {
-    throw UsageError("tokenizer " + options.tokenizer + " has " + std::to_string(tokenizer.vocab_size()) +
-                     " pieces but the model's vocabulary has " + std::to_string(program.vocab_size()) +
-                     "; pass the tokenizer the model was trained with");
+    const std::string pieces = std::to_string(tokenizer.vocab_size());
+    const std::string vocab = std::to_string(program.vocab_size());
+    throw std::runtime_error("tokenizer " + options.tokenizer + " has " + pieces + " pieces but the model's "
+                             "vocabulary has " + vocab + "; pass the tokenizer the model was trained with");
   }
   std::vector<int64_t> tokens = tokenizer.encode(options.prompt);  // BOS + prompt
-  const auto prompt_len = static_cast<long>(tokens.size());
-  if (prompt_len + options.steps > program.max_seq_len()) {
-    throw UsageError("the prompt (" + std::to_string(prompt_len) + " tokens) plus --steps " +
-                     std::to_string(options.steps) + " exceeds the model's max_seq_len of " +
-                     std::to_string(program.max_seq_len()) + "; shorten the prompt or lower --steps");
+  const auto prompt_len = static_cast<long long>(tokens.size());
+  if (options.steps > program.max_seq_len() - prompt_len) {
+    throw std::runtime_error("the prompt (" + std::to_string(prompt_len) + " tokens) plus --steps " +
+                             std::to_string(options.steps) + " exceeds the model's max_seq_len of " +
+                             std::to_string(program.max_seq_len()) + "; shorten the prompt or lower --steps");
   }
   emit_prompt(options, tokenizer, tokens);
 
@@ -154,7 +162,7 @@ int run(const Options& options) {
   std::vector<float> logits;
   size_t decoded = 0;
   double prefill_seconds = 0, decode_seconds = 0;
-  for (long step = 0; step < options.steps; ++step) {
+  for (long long step = 0; step < options.steps; ++step) {
     const auto start = std::chrono::steady_clock::now();
     if (step == 0) {
       logits = program.forward(tokens, 0);  // prefill: the whole prompt at positions 0..
