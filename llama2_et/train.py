@@ -151,10 +151,13 @@ class Distributed:
         """Rank 0: the process that logs and writes files."""
         return self.rank == 0
 
-    def barrier(self) -> None:
-        """Wait for every process."""
-        if self.world_size > 1:
-            dist.barrier()
+    def from_main(self, obj: object) -> object:
+        """Rank 0's obj, in every process."""
+        if self.world_size == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         """The mean of a tensor over all processes."""
@@ -316,9 +319,16 @@ def _train(cfg: TrainConfig, ctx: Distributed, progress: bool, started: float) -
     out_dir = Path(cfg.out_dir)
     log = tqdm.write if ctx.is_main else (lambda _: None)
     prepare = dict(vocab_size=cfg.vocab_size, tokenizer_model=cfg.tokenizer, val_fraction=cfg.val_fraction)
+    problem = None
     if ctx.is_main:  # the others wait, then find the prepared data in the manifest
-        prepare_data(cfg.data, out_dir / "data", **prepare)
-    ctx.barrier()
+        try:
+            prepare_data(cfg.data, out_dir / "data", **prepare)
+        except (OSError, ValueError) as exc:
+            problem = exc
+    if ctx.from_main(repr(problem) if problem else None) is not None:
+        raise problem or RuntimeError(
+            f"rank 0 could not prepare the data in {out_dir / 'data'}; see its error"
+        )
     prepared = prepare_data(cfg.data, out_dir / "data", **prepare)
     check_vocab(prepared, cfg.vocab_size)
     train_batches = TokenBatches(prepared.train_shards, cfg.max_seq_len, cfg.batch_size, cfg.seed)

@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ from llama2_et.model import Transformer
 from llama2_et.preproc import Preproc
 from llama2_et.train import TrainConfig, init_weights, lr_at, make_optimizer, train
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +144,7 @@ def test_resume_continues_the_uninterrupted_run_exactly(tiny, capsys):
 
 def test_torchrun_two_processes_equal_one_process_accumulating_two(tiny):
     ddp = tiny("ddp", max_steps=4, grad_accum=1)
-    env = {**os.environ, "PYTHONPATH": REPO}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     run = subprocess.run(
         [*command, "-m", "llama2_et", "train", *flags(ddp)], cwd=REPO, env=env, capture_output=True, text=True
@@ -157,6 +158,20 @@ def test_torchrun_two_processes_equal_one_process_accumulating_two(tiny):
     single = load_checkpoint(one.checkpoint).state_dict()
     for name, tensor in two["model"].items():
         torch.testing.assert_close(tensor, single[name], rtol=1e-4, atol=1e-5)
+
+    empty = Path(ddp.out_dir) / "empty.txt"
+    empty.write_text("")
+    bad = dataclasses.replace(ddp, data=str(empty), out_dir=str(Path(ddp.out_dir) / "bad"))
+    run = subprocess.run(
+        [*command, "-m", "llama2_et", "train", *flags(bad)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,  # rank 1 must not wait forever for rank 0's data
+    )
+    assert run.returncode != 0 and "error: no stories in" in run.stderr
+    assert "error: rank 0 could not prepare the data" in run.stderr
 
 
 def test_corrupt_or_missing_checkpoint_errors_say_so(tiny, tmp_path):
