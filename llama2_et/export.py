@@ -293,7 +293,7 @@ def export_pte(
     """Export model to a .pte file and report what was delegated, the size and the time taken."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.devtools.backend_debug import get_delegation_info
-    from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
 
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -312,6 +312,9 @@ def export_pte(
         exported,
         partitioner=[XnnpackPartitioner()] if backend == "xnnpack" else None,
         constant_methods=metadata(prepared.args, bos_id, eos_ids),
+        # portable: keep linear whole (its kernel reads the weight as stored); decomposed, it
+        # becomes permute_copy + mm and copies every weight on every call
+        compile_config=EdgeCompileConfig(preserve_ops=[torch.ops.aten.linear.default]),
     )
     graph = edge.exported_program().graph_module
     info = get_delegation_info(graph)

@@ -1,0 +1,176 @@
+"""export.py: the export-friendly modules, the runner metadata, the delegation report, quantization.
+
+References: the eager model (the swapped modules compute the same logits), ExecuTorch's own
+llama export (the metadata its TextLLMRunner reads), ExecuTorch's delegation info (the report),
+and torchao's eager quantized model (the quantized programs). A one-layer model carved from
+stories260K keeps the exports short; test_runtime.py covers the full stories260K programs.
+
+Run time: about 3 minutes on a loaded 2-core machine, most of it the four exports.
+"""
+
+import json
+
+import pytest
+import torch
+
+from llama2_et.__main__ import main
+from llama2_et.checkpoint import save_llama2c_bin
+from llama2_et.export import ExportReport, export_pte, prepare_for_export, quantize
+from llama2_et.generate import EagerDecoder, Sampler, generate_text
+from llama2_et.model import Transformer
+from llama2_et.preproc import Preproc
+from llama2_et.runtime import PteDecoder
+
+CONTEXT = 64
+PORTABLE_OPS_OF_XNNPACK = {"embedding", "index_put", "index_select", "arange.start_step", "add.Tensor"}
+PORTABLE_OPS_OF_XNNPACK |= {"select_copy.int", "sym_size.int"}
+
+
+@pytest.fixture(scope="module")
+def one_layer(stories260k) -> Transformer:
+    """stories260K's embedding, first layer, norm and classifier: real weights, a short export."""
+    model = Transformer(stories260k.args.replace(n_layers=1)).eval()
+    state = {
+        k: v
+        for k, v in stories260k.state_dict().items()
+        if not k.startswith("layers.") or k.startswith("layers.0.")
+    }
+    model.load_state_dict(state)
+    return model
+
+
+@pytest.fixture(scope="module")
+def exported(one_layer, tmp_path_factory) -> dict[str, ExportReport]:
+    out = tmp_path_factory.mktemp("export")
+    return {
+        "xnnpack": export_pte(one_layer, out / "xnnpack.pte", "positions", "xnnpack", max_seq_len=CONTEXT),
+        "portable": export_pte(one_layer, out / "portable.pte", "preproc", "portable", max_seq_len=CONTEXT),
+        "8da8w": export_pte(one_layer, out / "8da8w.pte", "preproc", "xnnpack", "8da8w", max_seq_len=CONTEXT),
+        "8da4w": export_pte(one_layer, out / "8da4w.pte", "preproc", "xnnpack", "8da4w", max_seq_len=CONTEXT),
+    }
+
+
+def cached_logits(model: Transformer, ids: list[int], steps: int) -> list[torch.Tensor]:
+    """Logits (V,) of a prefill then greedy decode steps, through model's own cache (any modules)."""
+    preproc, out = Preproc(model.args), []
+    with torch.no_grad():
+        logits = model.last_logits(torch.tensor([ids]), *preproc.window(0, len(ids)))[0]
+        out.append(logits)
+        for pos in range(len(ids), len(ids) + steps):
+            logits = model.last_logits(torch.tensor([[int(logits.argmax())]]), *preproc.window(pos, 1))[0]
+            out.append(logits)
+    return out
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 8])  # grouped-query (stories260K) and plain multi-head
+def test_export_friendly_modules_compute_the_same_logits(stories260k, n_kv_heads):
+    torch.manual_seed(0)
+    model = Transformer(stories260k.args.replace(n_kv_heads=n_kv_heads)).eval().setup_kv_cache()
+    if n_kv_heads == 4:
+        model.load_state_dict(stories260k.state_dict())
+    ids = [1, 403, 407, 261, 378, 12, 40]
+    expected = cached_logits(model, ids, 8)
+    got = cached_logits(prepare_for_export(model), ids, 8)
+    for e, g in zip(expected, got, strict=True):
+        torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
+
+
+def test_metadata_is_what_executorch_llama_export_writes(exported, one_layer):
+    """Every constant method of ExecuTorch's own llama export, with the same values, plus ours."""
+    from executorch.examples.models.llama.export_llama_lib import _load_llama_model_metadata
+
+    args = one_layer.args
+    theirs = _load_llama_model_metadata(
+        use_kv_cache=True,
+        use_sdpa_with_kv_cache=False,
+        enable_dynamic_shape=True,
+        max_seq_len=CONTEXT,
+        max_context_len=CONTEXT,
+        n_layers=args.n_layers,
+        vocab_size=args.vocab_size,
+        metadata_str=json.dumps({"get_bos_id": 1, "get_eos_ids": [1, 2]}),
+    )
+    ours = PteDecoder(exported["xnnpack"].path).metadata
+    assert {name: ours[name] for name in theirs} == theirs
+    assert ours["get_head_dim"] == args.head_dim and ours["get_rope_theta"] == args.rope_theta
+
+
+def test_report_counts_what_was_delegated(exported, one_layer):
+    xnn, portable = exported["xnnpack"], exported["portable"]
+    linears = [m for m in one_layer.modules() if isinstance(m, torch.nn.Linear)]
+    for report in (xnn, portable):
+        assert report.pte_bytes == report.path.stat().st_size and report.seconds > 0
+        assert report.portable_nodes == sum(report.portable_ops.values())
+    # one call per layer between its two cache writes, one before the first and one for the classifier
+    assert xnn.delegate_calls == one_layer.args.n_layers + 2 and xnn.delegated_nodes > 50
+    assert set(xnn.portable_ops) <= PORTABLE_OPS_OF_XNNPACK and xnn.portable_ops["index_put"] == 2
+    assert portable.delegate_calls == portable.delegated_nodes == 0
+    assert portable.portable_ops["linear"] >= len(linears) and "mm" not in portable.portable_ops
+    assert "delegated: " in xnn.summary() and str(xnn.path) in xnn.summary()
+
+
+@pytest.mark.parametrize("scheme", ["8da8w", "8da4w"])
+def test_quantized_program_computes_torchao_quantized_model(exported, one_layer, scheme):
+    """The .pte runs torchao's quantized eager model (not fp32's), with every linear delegated.
+
+    8da8w matches to rounding. 8da4w's XNNPACK kernel stores each group's scale in bfloat16
+    (executorch's xnnpack node_visitor), so there the check is: far closer to torchao's model
+    than to fp32, and the same greedy tokens.
+    """
+    report = exported[scheme]
+    group = 32
+    linears = [m for m in one_layer.modules() if isinstance(m, torch.nn.Linear)]
+    expected_count = len(linears) if scheme == "8da8w" else sum(m.in_features % group == 0 for m in linears)
+    assert report.quantized_linears == expected_count
+    assert set(report.portable_ops) <= PORTABLE_OPS_OF_XNNPACK
+    reference = prepare_for_export(one_layer, CONTEXT)
+    quantize(reference, scheme, group)
+    ids = [1, 403, 407, 261, 378]
+    expected = cached_logits(reference, ids, 5)
+    fp32 = cached_logits(prepare_for_export(one_layer, CONTEXT), ids, 5)
+    pte = PteDecoder(report.path)
+    pte.reset()
+    got = [pte.step(ids, 0)] + [
+        pte.step([int(e.argmax())], len(ids) + i) for i, e in enumerate(expected[:-1])
+    ]
+    error = max((g - e).abs().max().item() for g, e in zip(got, expected, strict=True))
+    error_fp32 = max((g - f).abs().max().item() for g, f in zip(got, fp32, strict=True))
+    assert [int(g.argmax()) for g in got] == [int(e.argmax()) for e in expected]
+    assert error < (2e-3 if scheme == "8da8w" else error_fp32 / 10)
+    assert error_fp32 > 1e-2  # it really is quantized
+
+
+def test_bad_arguments(one_layer, tmp_path):
+    with pytest.raises(ValueError, match="unknown backend 'coreml'"):
+        export_pte(one_layer, tmp_path / "a.pte", backend="coreml")
+    with pytest.raises(ValueError, match="unknown design 'fused'"):
+        export_pte(one_layer, tmp_path / "a.pte", design="fused")
+    with pytest.raises(ValueError, match="must end in .pte"):
+        export_pte(one_layer, tmp_path / "a.bin")
+    with pytest.raises(ValueError, match="max_seq_len=9999 must be in 1..512"):
+        export_pte(one_layer, tmp_path / "a.pte", max_seq_len=9999)
+    with pytest.raises(ValueError, match="unknown quantization '4w'"):
+        export_pte(one_layer, tmp_path / "a.pte", quantize_scheme="4w")
+
+
+def test_cli_export_then_run_prints_the_eager_text(one_layer, tok512, tmp_path, capsys):
+    checkpoint = save_llama2c_bin(one_layer, tmp_path / "one_layer.bin")
+    pte = tmp_path / "one_layer.pte"
+    args = [
+        "--checkpoint",
+        str(checkpoint),
+        "--out",
+        str(pte),
+        "--backend",
+        "portable",
+        "--max-seq-len",
+        "48",
+    ]
+    assert main(["export", *args, "--design", "preproc"]) == 0
+    assert f"wrote {pte}" in capsys.readouterr().out
+    sampling = ["--tokenizer", str(tok512.path), "--prompt", "Once upon a time", "--max-new-tokens", "30"]
+    assert main(["run", "--pte", str(pte), *sampling]) == 0
+    expected = "".join(generate_text(EagerDecoder(one_layer), tok512, "Once upon a time", 30, Sampler()))
+    assert capsys.readouterr().out == expected + "\n"
+    assert main(["run", "--pte", str(tmp_path / "nope.pte"), *sampling]) == 1
+    assert "nope.pte" in capsys.readouterr().err

@@ -1,0 +1,170 @@
+"""PteDecoder: stories260K .pte programs (both designs with XNNPACK, and portable) against eager PyTorch.
+
+The reference is the eager model with its KV cache (`EagerDecoder`): logits within 1e-4 for a
+prefill and decode steps, greedy and seeded sampling identical token for token. Then every bad
+input: missing, truncated, random-bytes and foreign programs, prompts and positions past the cache.
+
+Run time: 4-12 minutes on the shared 2-core machine (load 5-10), nearly all of it the three exports.
+"""
+
+import pytest
+import torch
+
+from llama2_et.export import export_pte
+from llama2_et.generate import EagerDecoder, Sampler, generate
+from llama2_et.runtime import PteDecoder
+
+CONTEXT = 128  # the programs' max_seq_len: a shorter cache than the checkpoint's 512 keeps them small
+VARIANTS = [
+    ("positions", "xnnpack"),
+    ("preproc", "xnnpack"),
+    ("positions", "portable"),
+    ("preproc", "portable"),
+]
+
+
+@pytest.fixture(scope="module")
+def programs(stories260k, tmp_path_factory):
+    """One .pte per (design, backend), exported once for the module."""
+    out = tmp_path_factory.mktemp("pte")
+    return {
+        (design, backend): export_pte(
+            stories260k, out / f"{design}_{backend}.pte", design, backend, max_seq_len=CONTEXT
+        ).path
+        for design, backend in VARIANTS
+    }
+
+
+@pytest.fixture
+def eager(stories260k):
+    decoder = EagerDecoder(stories260k)
+    decoder.reset()
+    return decoder
+
+
+@pytest.mark.parametrize("design,backend", VARIANTS)
+def test_logits_equal_eager_for_prefill_and_decode(programs, design, backend, eager, tok512):
+    pte = PteDecoder(programs[design, backend])
+    assert (pte.design, pte.max_seq_len, pte.vocab_size) == (design, CONTEXT, tok512.vocab_size)
+    pte.reset()
+    ids = tok512.encode("Once upon a time, in a small town", bos=True)
+    expected, got = eager.step(ids, 0), pte.step(ids, 0)
+    assert got.shape == (tok512.vocab_size,) and got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    pos = len(ids)
+    for _ in range(6):
+        token = int(expected.argmax())
+        expected, got = eager.step([token], pos), pte.step([token], pos)
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+        pos += 1
+
+
+@pytest.mark.parametrize("design", ["positions", "preproc"])
+def test_greedy_generation_equals_eager(programs, design, eager, tok512):
+    prompt = tok512.encode("Once upon a time", bos=True)
+    budget = CONTEXT - len(prompt)
+    expected = list(generate(eager, prompt, budget, Sampler()))
+    assert len(expected) > 50
+    assert list(generate(PteDecoder(programs[design, "xnnpack"]), prompt, budget, Sampler())) == expected
+
+
+def test_same_seed_gives_the_same_sampled_tokens_as_eager(programs, eager, tok512):
+    prompt = tok512.encode("Tom had a dog", bos=True)
+    pte = PteDecoder(programs["positions", "xnnpack"])
+    sample = dict(temperature=0.9, top_p=0.9, seed=1234)
+    expected = list(generate(eager, prompt, 80, Sampler(**sample)))
+    assert list(generate(pte, prompt, 80, Sampler(**sample))) == expected
+    assert list(generate(pte, prompt, 80, Sampler(**sample))) == expected  # again, after reset()
+    assert list(generate(pte, prompt, 80, Sampler(**{**sample, "seed": 4321}))) != expected
+
+
+def test_reset_starts_a_fresh_sequence(programs, tok512):
+    """A long first sequence leaves keys in the cache; a second, shorter one must not see them."""
+    path = programs["preproc", "xnnpack"]
+    used = PteDecoder(path)
+    list(generate(used, tok512.encode("Lily and Ben went to the beach", bos=True), 60, Sampler()))
+    prompt = tok512.encode("The cat", bos=True)
+    assert list(generate(used, prompt, 40, Sampler())) == list(
+        generate(PteDecoder(path), prompt, 40, Sampler())
+    )
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.pte.*llama2_et export"):
+        PteDecoder(tmp_path / "missing.pte")
+
+
+def test_truncated_program(programs, tmp_path):
+    data = programs["positions", "xnnpack"].read_bytes()
+    truncated = tmp_path / "truncated.pte"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated.pte.*(truncated|corrupt)"):
+        PteDecoder(truncated)
+
+
+def test_random_bytes(tmp_path):
+    noise = tmp_path / "noise.pte"
+    noise.write_bytes(
+        torch.randint(0, 256, (4096,), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        .numpy()
+        .tobytes()
+    )
+    with pytest.raises(ValueError, match="noise.pte is not an ExecuTorch program"):
+        PteDecoder(noise)
+
+
+def foreign_program(path, inputs, constant_methods=None):
+    """A valid .pte of some other model: forward(*inputs) = their sum, with optional metadata."""
+    from executorch.exir import to_edge_transform_and_lower
+
+    class Sum(torch.nn.Module):
+        def forward(self, *xs):
+            return sum(x.float().sum() for x in xs)
+
+    exported = torch.export.export(Sum(), inputs)
+    path.write_bytes(
+        to_edge_transform_and_lower(exported, constant_methods=constant_methods).to_executorch().buffer
+    )
+    return path
+
+
+def test_program_without_llm_metadata(tmp_path):
+    pte = foreign_program(tmp_path / "sum.pte", (torch.zeros(1, 3, dtype=torch.long),))
+    with pytest.raises(
+        ValueError, match="sum.pte lacks the metadata methods get_max_seq_len, get_vocab_size"
+    ):
+        PteDecoder(pte)
+
+
+def test_program_with_other_inputs(tmp_path):
+    meta = {"get_max_seq_len": 16, "get_vocab_size": 32}
+    three = foreign_program(tmp_path / "three.pte", (torch.zeros(1, 3, dtype=torch.long),) * 3, meta)
+    with pytest.raises(ValueError, match="three.pte: forward takes 3 inputs"):
+        PteDecoder(three)
+    floats = foreign_program(tmp_path / "floats.pte", (torch.zeros(1, 3), torch.zeros(1)), meta)
+    with pytest.raises(ValueError, match="floats.pte: forward input dtypes .* positions design"):
+        PteDecoder(floats)
+
+
+def test_prompt_past_max_seq_len(programs):
+    pte = PteDecoder(programs["positions", "xnnpack"])
+    with pytest.raises(ValueError, match="exceeds the model's context of 128"):
+        list(generate(pte, [1] * (CONTEXT - 3), 10, Sampler()))
+    with pytest.raises(
+        ValueError, match=r"0..128 run past the end of the cache of .*positions_xnnpack.pte \(128 positions"
+    ):
+        pte.step([1] * (CONTEXT + 1), 0)
+
+
+def test_decode_past_the_cache_end_and_out_of_order(programs):
+    pte = PteDecoder(programs["preproc", "xnnpack"])
+    pte.reset()
+    pte.step([1] * CONTEXT, 0)  # fills the cache exactly
+    with pytest.raises(ValueError, match=f"positions {CONTEXT}..{CONTEXT} run past the end of the cache"):
+        pte.step([5], CONTEXT)
+    pte.reset()
+    pte.step([1, 5, 6], 0)
+    with pytest.raises(ValueError, match="start_pos=7 but the cache holds positions 0..2"):
+        pte.step([7], 7)
+    with pytest.raises(ValueError, match=r"token ids \[512\] are outside the vocabulary 0..511"):
+        pte.step([512], 3)
