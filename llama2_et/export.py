@@ -167,7 +167,14 @@ class PreprocProgram(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, tokens, cos, sin, mask, input_pos) -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor,
+        input_pos: torch.Tensor,
+    ) -> torch.Tensor:
         return self.model.last_logits(tokens, cos, sin, mask, input_pos)
 
 

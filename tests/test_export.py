@@ -5,7 +5,7 @@ llama export (the metadata its TextLLMRunner reads), ExecuTorch's delegation inf
 and torchao's eager quantized model (the quantized programs). A one-layer model carved from
 stories260K keeps the exports short; test_runtime.py covers the full stories260K programs.
 
-Run time: about 3 minutes on a loaded 2-core machine, most of it the four exports.
+Run time: 5.8 minutes measured on the shared 2-core machine at load 8, most of it the four exports.
 """
 
 import json
