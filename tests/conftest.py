@@ -29,3 +29,24 @@ def tok512(data_dir):
     from llama2_et.tokenizer import Tokenizer
 
     return Tokenizer(data_dir / "tok512.model")
+
+
+PTE_CONTEXT = 128  # max_seq_len of the test programs: room for every test prompt and its new tokens
+
+
+@pytest.fixture(scope="session")
+def stories260k_pte(stories260k, tmp_path_factory):
+    """stories260K exported to .pte once per session per (design, backend): exports dominate test time."""
+    from llama2_et.export import export_pte
+
+    folder, programs = tmp_path_factory.mktemp("pte"), {}
+
+    def get(design: str = "positions", backend: str = "xnnpack") -> Path:
+        if (design, backend) not in programs:
+            path = folder / f"stories260K_{design}_{backend}.pte"
+            programs[design, backend] = export_pte(
+                stories260k, path, design, backend, max_seq_len=PTE_CONTEXT
+            ).path
+        return programs[design, backend]
+
+    return get

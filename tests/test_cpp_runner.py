@@ -15,15 +15,14 @@ import pytest
 import torch
 from executorch.exir import to_edge_transform_and_lower
 
+from conftest import PTE_CONTEXT as CONTEXT  # max_seq_len of the exported programs
 from llama2_et.checkpoint import load_checkpoint
 from llama2_et.cpp import build_runner
-from llama2_et.export import export_pte
 from llama2_et.generate import EagerDecoder, Sampler, generate, generate_text
 from llama2_et.tokenizer import Tokenizer
 
 PROMPTS = ["Once upon a time", "Lily and Ben went to the park. They saw a big dog!"]
 STEPS = 60
-CONTEXT = 128  # max_seq_len of the exported programs: room for the prompts and STEPS
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +31,11 @@ def runner():
 
 
 @pytest.fixture(scope="module")
-def ptes(data_dir, tmp_path_factory) -> dict:
+def ptes(stories260k_pte) -> dict:
     """stories260K as .pte: the positions design on XNNPACK, the preproc design on portable kernels."""
-    out = tmp_path_factory.mktemp("pte")
-    model = load_checkpoint(data_dir / "stories260K.bin")
-    backends = {"positions": "xnnpack", "preproc": "portable"}
     return {
-        design: export_pte(model, out / f"{design}.pte", design, backend, max_seq_len=CONTEXT).path
-        for design, backend in backends.items()
+        "positions": stories260k_pte("positions", "xnnpack"),
+        "preproc": stories260k_pte("preproc", "portable"),
     }
 
 

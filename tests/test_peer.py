@@ -61,11 +61,8 @@ def test_peer_in_text_runner_gives_eager_greedy_text(peer_pte, data_dir, eager_t
     assert len(out.pieces) == NEW_TOKENS
 
 
-def test_our_positions_pte_runs_in_text_runner(stories260k, data_dir, eager_text, tmp_path):
-    from llama2_et.export import export_pte
-
-    pte = tmp_path / "stories260K_positions.pte"
-    export_pte(stories260k, pte, design="positions", backend="xnnpack")
+def test_our_positions_pte_runs_in_text_runner(stories260k_pte, data_dir, eager_text):
+    pte = stories260k_pte("positions", "xnnpack")
     runner = TextRunner(pte, data_dir / "tok512.model")
     assert runner.generate(PROMPT, NEW_TOKENS).text == eager_text
     assert runner.generate(PROMPT, NEW_TOKENS).text == eager_text  # reset between calls
