@@ -244,6 +244,7 @@ def bench_model(
             paired[phase] = {"per_round": ratios, "median": statistics.median(ratios)}
     profiles = {}
     if {"positions", "peer"} <= set(programs):  # the key pair: where a decode step's time goes
+        set_threads(base["threads"])
         for row in (r for r in rows if r.key in KEY_PAIR):
             profiles[row.label] = profile_decode(programs[row.program]["path"], bm.prompt_ids)
     return {
@@ -548,6 +549,15 @@ def _match(tokens: list[int], reference: list[int]) -> float:
     return sum(a == b for a, b in zip(tokens, reference, strict=False)) / len(reference)
 
 
+def set_threads(threads: int, executorch: bool = True) -> None:
+    """Size PyTorch's thread pool and ExecuTorch's (shared by the Python runtime and TextLLMRunner)."""
+    torch.set_num_threads(threads)
+    if executorch:
+        from executorch.extension.pybindings import portable_lib
+
+        portable_lib._unsafe_reset_threadpool(threads)
+
+
 def _time_runner(runner, prompt: str, new_tokens: int) -> tuple[float, float, object]:
     """One greedy TextLLMRunner run: prefill tok/s (to the first piece), decode tok/s, its output."""
     out = runner.generate(prompt, new_tokens)
@@ -580,13 +590,7 @@ def _worker(spec: dict) -> dict:
     reference = torch.load(spec["reference"])
     if kind == "cpp":
         return _worker_cpp(spec, reference)
-    torch.set_num_threads(spec["threads"])
-    if kind != "eager" and kind != "eager-nocache":
-        from executorch.extension.pybindings import portable_lib
-
-        portable_lib._unsafe_reset_threadpool(
-            spec["threads"]
-        )  # shared by the Python runtime and TextLLMRunner
+    set_threads(spec["threads"], executorch=kind not in ("eager", "eager-nocache"))
     if kind == "pair":
         return _worker_pair(spec)
     if kind == "pte":

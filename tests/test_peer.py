@@ -5,7 +5,8 @@
 - our positions-design .pte runs unchanged in ExecuTorch's TextLLMRunner, greedy text equal to eager;
 - the bench's measurement path (subprocess workers, RSS, JSON) on the eager rows.
 
-Run time: about 2-3 minutes on a loaded 2-core machine, most of it the two exports.
+Run time: 1.5 minutes of CPU; 6 minutes wall on the shared 2-core machine, most of it the two exports
+(export_llm's alone about 50 s of CPU).
 """
 
 import json
