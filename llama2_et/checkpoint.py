@@ -16,6 +16,7 @@ import torch
 
 from .config import ModelArgs
 from .model import Transformer
+from .preproc import rope_tables
 
 LLAMA2C_HEADER = struct.Struct("7i")  # dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len
 LLAMA2C_V1_MAGIC = 0x616B3432  # "ak42": llama2.c's newer export versions, which we do not read
@@ -103,7 +104,7 @@ def save_llama2c_bin(model: Transformer, path: str | Path) -> Path:
     tied = torch.equal(state["tok_embeddings.weight"], state["output.weight"])
     header = (args.dim, args.ffn_hidden_dim, args.n_layers, args.n_heads, args.kv_heads)
     header += (args.vocab_size if tied else -args.vocab_size, args.max_seq_len)
-    cos, sin = _rope_for_file(args)
+    cos, sin = rope_tables(args.head_dim, args.max_seq_len, args.rope_theta)  # llama2.c stores them
     state = {**state, "freqs_cos": cos, "freqs_sin": sin}
     path = Path(path)
     with open(path, "wb") as f:
@@ -112,12 +113,6 @@ def save_llama2c_bin(model: Transformer, path: str | Path) -> Path:
             for name in names:
                 f.write(state[name].detach().float().contiguous().numpy().astype("<f4").tobytes())
     return path
-
-
-def _rope_for_file(args: ModelArgs) -> tuple[torch.Tensor, torch.Tensor]:
-    from .preproc import rope_tables
-
-    return rope_tables(args.head_dim, args.max_seq_len, args.rope_theta)
 
 
 def _torch_load(path: Path) -> dict:
