@@ -173,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     # --- export ---
-    from .export import BACKENDS, DESIGNS, QUANTIZATIONS
+    from .backends import BACKENDS
+    from .contract import DEFAULT_DESIGN, DESIGNS
+    from .export import QUANTIZATIONS
 
     p = sub.add_parser("export", help="export a checkpoint to an ExecuTorch .pte (XNNPACK or portable)")
     p.add_argument("--checkpoint", required=True, help="checkpoint path or preset name (stories260K)")
@@ -188,8 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--design",
         choices=DESIGNS,
-        default="positions",
-        help="positions: (tokens, input_pos), runs in TextLLMRunner; preproc: cos/sin/mask inputs",
+        default=DEFAULT_DESIGN,
+        help="gather (default) and narrow: inputs (tokens, input_pos), run in TextLLMRunner too; "
+        "preproc: (tokens, cos, sin, mask, input_pos)",
     )
     p.add_argument("--group-size", type=int, default=32, help="8da4w: inputs per int4 weight group")
     p.set_defaults(func=cmd_export)

@@ -1,18 +1,23 @@
 """Sampling and generation: prefill the prompt, then decode one token at a time.
 
-A *decoder* is anything with `max_seq_len`, `vocab_size`, `reset()` and
+A *decoder* is anything with `max_seq_len`, `vocab_size`, `stop_ids`, `reset()` and
 `step(tokens, start_pos) -> logits (V,)` for the last of `tokens` placed at positions
-start_pos.. . The eager decoders below, the .pte runtime (runtime.py) all fit, so one
-generation loop and one sampler serve every runtime and greedy output can match token for token.
+start_pos.. . The eager decoders below and the .pte runtime (runtime.py) all fit, so one
+generation loop (`generate`, which also times its steps) and one sampler serve every runtime,
+and greedy output can match token for token.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 
+from . import contract
 from .model import Transformer
 from .preproc import Preproc
 
@@ -20,6 +25,7 @@ from .preproc import Preproc
 class Decoder(Protocol):
     max_seq_len: int
     vocab_size: int
+    stop_ids: tuple[int, ...]  # generation ends when one of them is sampled
 
     def reset(self) -> None: ...
 
@@ -36,8 +42,8 @@ class Sampler:
         top_p: float | None = None,
         seed: int | None = None,
     ):
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if not (math.isfinite(temperature) and temperature >= 0):
+            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
         if top_p is not None and not 0.0 < top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         if top_k is not None and top_k < 1:
@@ -73,8 +79,9 @@ class EagerDecoder:
         self.model = model.eval()
         if model.layers[0].attention.kv_cache is None:
             model.setup_kv_cache()
-        self.preproc = Preproc(model.args)
+        self.preproc = Preproc.for_model(model.args)
         self.max_seq_len, self.vocab_size = model.args.max_seq_len, model.args.vocab_size
+        self.stop_ids = contract.STOP_IDS
 
     def reset(self) -> None:
         self.model.reset_kv_cache()
@@ -91,8 +98,9 @@ class NoCacheDecoder:
 
     def __init__(self, model: Transformer):
         self.model = model.eval()
-        self.preproc = Preproc(model.args)
+        self.preproc = Preproc.for_model(model.args)
         self.max_seq_len, self.vocab_size = model.args.max_seq_len, model.args.vocab_size
+        self.stop_ids = contract.STOP_IDS
         self.tokens: list[int] = []
 
     def reset(self) -> None:
@@ -103,6 +111,24 @@ class NoCacheDecoder:
         self.tokens = self.tokens[:start_pos] + list(tokens)
         x = torch.tensor([self.tokens], dtype=torch.long)  # (1, start_pos + L)
         return self.model.last_logits(x, *self.preproc.full(x.shape[1]))[0]  # (V,)
+
+
+class Recorder:
+    """Wraps a decoder and keeps the logits (V,) of every step, in order: teacher forcing and comparisons."""
+
+    def __init__(self, decoder: Decoder):
+        self.decoder, self.logits = decoder, []
+        self.max_seq_len, self.vocab_size = decoder.max_seq_len, decoder.vocab_size
+        self.stop_ids = decoder.stop_ids
+
+    def reset(self) -> None:
+        self.decoder.reset()
+        self.logits = []
+
+    def step(self, tokens: list[int], start_pos: int) -> torch.Tensor:
+        logits = self.decoder.step(tokens, start_pos)
+        self.logits.append(logits)
+        return logits
 
 
 def check_fits(n_prompt: int, max_new_tokens: int, max_seq_len: int) -> None:
@@ -119,18 +145,34 @@ def check_fits(n_prompt: int, max_new_tokens: int, max_seq_len: int) -> None:
         )
 
 
+@dataclass
+class StepTimes:
+    """Seconds spent in the decoder: the prefill step and each decode step."""
+
+    prefill: float = 0.0
+    decode: list[float] = field(default_factory=list)
+
+
 def generate(
     decoder: Decoder,
     prompt_ids: list[int],
     max_new_tokens: int,
     sampler: Sampler,
-    stop_ids: Iterable[int] = (1, 2),
+    stop_ids: Iterable[int] | None = None,
+    times: StepTimes | None = None,
 ) -> Iterator[int]:
-    """Yield new token ids: prefill the prompt, then decode; stop at a stop id (BOS/EOS, as llama2.c)."""
+    """Yield new token ids: prefill the prompt, then decode; stop at a stop id (decoder.stop_ids by default).
+
+    The first new token comes from the prefill's logits, so n tokens take n - 1 decode steps.
+    `times`, when given, receives the seconds of every decoder step.
+    """
     check_fits(len(prompt_ids), max_new_tokens, decoder.max_seq_len)
-    stop = set(stop_ids)
+    stop = set(decoder.stop_ids if stop_ids is None else stop_ids)
+    times = times if times is not None else StepTimes()
     decoder.reset()
+    started = time.perf_counter()
     logits = decoder.step(list(prompt_ids), 0)  # prefill: (V,) for the last prompt token
+    times.prefill = time.perf_counter() - started
     pos = len(prompt_ids)
     for i in range(max_new_tokens):
         token = sampler(logits)
@@ -138,7 +180,9 @@ def generate(
             return
         yield token
         if i + 1 < max_new_tokens:
+            started = time.perf_counter()
             logits = decoder.step([token], pos)
+            times.decode.append(time.perf_counter() - started)
             pos += 1
 
 
@@ -150,8 +194,7 @@ def generate_text(
     check_fits(len(ids), max_new_tokens, decoder.max_seq_len)  # before any text is streamed
     emitted = tokenizer.decode(ids)
     yield emitted
-    stop_ids = (tokenizer.bos_id, tokenizer.eos_id)
-    for token in generate(decoder, ids, max_new_tokens, sampler, stop_ids):
+    for token in generate(decoder, ids, max_new_tokens, sampler):
         ids.append(token)
         text = tokenizer.decode(ids)
         if text.endswith("\ufffd") or not text.startswith(emitted):

@@ -1,9 +1,9 @@
-"""RoPE tables, causal masks, and the position-dependent slicing of both.
+"""RoPE tables, causal masks, and the position-dependent slicing of both: the preproc step.
 
-Slicing a table by a position is data-dependent: the seed series found that export could not
-do it inside the model, so it happens here, in a "preproc" step, and the model receives
-already-sliced cos/sin/mask. `WithPositions` shows the other design (ExecuTorch's own llama
-export): the model receives positions and slices inside the graph with `narrow`.
+Slicing a table at a position held in a tensor is data-dependent. In 2023 torch.export could not
+do it inside the model, so the original series moved it here, in front of the model: the model
+receives cos/sin/mask already sliced for its positions (the "preproc" design, designs.py).
+Eager generation and training use the same step.
 """
 
 from __future__ import annotations
@@ -30,13 +30,18 @@ def causal_mask(max_seq_len: int) -> torch.Tensor:
 class Preproc(nn.Module):
     """Holds the full tables and slices them for a window of positions, outside the model."""
 
-    def __init__(self, args: ModelArgs):
+    def __init__(self, head_dim: int, max_seq_len: int, rope_theta: float = 10000.0):
         super().__init__()
-        self.max_seq_len = args.max_seq_len
-        cos, sin = rope_tables(args.head_dim, args.max_seq_len, args.rope_theta)
+        self.max_seq_len = max_seq_len
+        cos, sin = rope_tables(head_dim, max_seq_len, rope_theta)
         self.register_buffer("cos", cos, persistent=False)  # (Lm, Dh/2)
         self.register_buffer("sin", sin, persistent=False)
-        self.register_buffer("mask", causal_mask(args.max_seq_len), persistent=False)  # (Lm, Lm)
+        self.register_buffer("mask", causal_mask(max_seq_len), persistent=False)  # (Lm, Lm)
+
+    @classmethod
+    def for_model(cls, args: ModelArgs) -> Preproc:
+        """The tables of a model's head_dim, context and RoPE theta."""
+        return cls(args.head_dim, args.max_seq_len, args.rope_theta)
 
     def full(self, seq_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """cos, sin (L, Dh/2) and a causal mask (L, L) for a whole sequence without cache."""
@@ -62,29 +67,3 @@ class Preproc(nn.Module):
                 f"positions {start_pos}..{start_pos + seq_len - 1} do not fit the context of "
                 f"{self.max_seq_len} tokens (max_seq_len); shorten the prompt or generate fewer tokens"
             )
-
-
-class WithPositions(nn.Module):
-    """The positions design: forward(tokens, input_pos) slices inside the graph.
-
-    `input_pos` is a (1,) int64 tensor holding the first position, the input that
-    ExecuTorch's TextLLMRunner passes. `narrow` with `torch._check` bounds tells
-    torch.export the slice stays inside the tables, so the slicing exports.
-    Returns the logits of the last position (B, V), as ExecuTorch's llama export does.
-    """
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-        self.preproc = Preproc(model.args)
-
-    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        seq_len = tokens.shape[1]
-        start = input_pos[0].item()
-        torch._check(start >= 0)
-        torch._check(start + seq_len <= self.preproc.max_seq_len)
-        cos = self.preproc.cos.narrow(0, start, seq_len)  # (L, Dh/2)
-        sin = self.preproc.sin.narrow(0, start, seq_len)
-        mask = self.preproc.mask.narrow(0, start, seq_len)  # (L, Lm)
-        positions = torch.arange(seq_len, dtype=torch.long) + start  # (L,)
-        return self.model.last_logits(tokens, cos, sin, mask, positions)

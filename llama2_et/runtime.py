@@ -1,11 +1,11 @@
 """A .pte as a decoder: load it with executorch.runtime, prefill, decode, and generate.
 
 `PteDecoder` implements the decoder protocol of generate.py (`max_seq_len`, `vocab_size`,
-`reset()`, `step(tokens, start_pos) -> logits (V,)`), so the same generation loop and samplers
-drive eager PyTorch and the exported program, and greedy output matches token for token.
-It serves both program designs of export.py, told apart by the number of forward inputs:
-2 (tokens, input_pos) is the positions design; 5 (tokens, cos, sin, mask, input_pos) is the
-preproc design, for which this class slices the RoPE tables and the mask itself (`Preproc`).
+`stop_ids`, `reset()`, `step(tokens, start_pos) -> logits (V,)`), so the same generation loop and
+samplers drive eager PyTorch and the exported program, and greedy output matches token for token.
+It serves every program design (contract.py), told apart by their inputs: (tokens, input_pos) for
+the gather and narrow designs, (tokens, cos, sin, mask, input_pos) for the preproc design, for
+which this class slices the RoPE tables and the mask itself (`Preproc`).
 """
 
 from __future__ import annotations
@@ -14,15 +14,17 @@ from pathlib import Path
 
 import torch
 
-from .config import ModelArgs
+from . import contract
 from .preproc import Preproc
 
 SCALAR_TYPES = {4: "int64", 6: "float32"}  # c10::ScalarType codes in MethodMeta's TensorInfo
 PTE_MAGIC = b"ET"  # bytes 4..5 of every ExecuTorch program (flatbuffer file identifier "ETnn")
-DESIGN_BY_INPUTS = {2: "positions", 5: "preproc"}
-REQUIRED_METADATA = ("get_max_seq_len", "get_vocab_size")
-PREPROC_METADATA = ("get_dim", "get_n_heads", "get_n_kv_heads", "get_n_layers", "get_rope_theta")
 EXPORT_HINT = "export one with `python -m llama2_et export --checkpoint ... --out FILE.pte`"
+
+
+def register_llm_custom_ops() -> None:
+    """Register ExecuTorch's LLM kernels (llama::custom_sdpa, update_cache) that export_llm's programs call."""
+    from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401  (the import registers them)
 
 
 class PteDecoder:
@@ -38,6 +40,7 @@ class PteDecoder:
             raise ValueError(f"{path} is not an ExecuTorch program (no 'ET' file identifier); {EXPORT_HINT}")
         from executorch.runtime import Runtime
 
+        register_llm_custom_ops()
         self.path = path
         try:
             self.program = Runtime.get().load_program(path)
@@ -52,22 +55,23 @@ class PteDecoder:
             raise ValueError(f"{path} has no 'forward' method; {EXPORT_HINT}")
         self.metadata = self._read_metadata()
         n_inputs = self.method.metadata.num_inputs()
-        if n_inputs not in DESIGN_BY_INPUTS:
+        self.signature = contract.signature_of(n_inputs)
+        if self.signature is None:
             raise ValueError(
-                f"{path}: forward takes {n_inputs} inputs, but a llama2_et program takes 2 (tokens, "
-                f"input_pos) or 5 (tokens, cos, sin, mask, input_pos); {EXPORT_HINT}"
+                f"{path}: forward takes {n_inputs} inputs, but a llama2_et program takes "
+                f"{contract.POSITIONS_INPUTS.describe()} or {contract.PREPROC_INPUTS.describe()}; {EXPORT_HINT}"
             )
-        self.design = DESIGN_BY_INPUTS[n_inputs]
         self._check_inputs()
-        self.max_seq_len = int(self.metadata["get_max_seq_len"])
-        self.vocab_size = int(self.metadata["get_vocab_size"])
-        self.preproc = Preproc(self.model_args()) if self.design == "preproc" else None
+        self.max_seq_len = int(self.metadata[contract.MAX_SEQ_LEN])
+        self.vocab_size = int(self.metadata[contract.VOCAB_SIZE])
+        self.stop_ids = tuple(int(i) for i in self.metadata.get(contract.EOS_IDS, contract.STOP_IDS))
+        self.preproc = self._preproc() if self.signature is contract.PREPROC_INPUTS else None
         self.cached = 0  # positions 0..cached-1 hold this sequence's keys and values
 
     def _read_metadata(self) -> dict[str, object]:
         """The constant methods (get_max_seq_len, ...) as Python values."""
         names = self.program.method_names
-        missing = [name for name in REQUIRED_METADATA if name not in names]
+        missing = [name for name in contract.REQUIRED_METADATA if name not in names]
         if missing:
             raise ValueError(
                 f"{self.path} lacks the metadata methods {', '.join(missing)}: not a llama2_et or "
@@ -76,37 +80,29 @@ class PteDecoder:
         values = {}
         for name in names - {"forward"}:
             out = self.program.load_method(name).execute([])
-            values[name] = out[0] if len(out) == 1 and name != "get_eos_ids" else list(out)
+            values[name] = out[0] if len(out) == 1 and name != contract.EOS_IDS else list(out)
         return values
 
     def _check_inputs(self) -> None:
-        """The forward inputs must have the dtypes our designs use: int64 tokens and positions."""
+        """The forward inputs must have the dtypes of the signature (contract.py)."""
         meta = self.method.metadata
         dtypes = [
             SCALAR_TYPES.get(meta.input_tensor_meta(i).dtype(), "other") for i in range(meta.num_inputs())
         ]
-        expected = ["int64"] * 2 if self.design == "positions" else ["int64", *["float32"] * 3, "int64"]
+        expected = list(self.signature.dtypes)
         if dtypes != expected:
             raise ValueError(
-                f"{self.path}: forward input dtypes {dtypes} do not match the {self.design} design "
-                f"({', '.join(expected)}); {EXPORT_HINT}"
+                f"{self.path}: forward input dtypes {dtypes} do not match the inputs "
+                f"{self.signature.describe()} ({', '.join(expected)}); {EXPORT_HINT}"
             )
 
-    def model_args(self) -> ModelArgs:
-        """The hyper-parameters the preproc step needs, rebuilt from the program's metadata."""
-        missing = [name for name in PREPROC_METADATA if name not in self.metadata]
+    def _preproc(self) -> Preproc:
+        """The RoPE tables and mask of the preproc design, rebuilt from the program's metadata."""
+        missing = [name for name in contract.PREPROC_METADATA if name not in self.metadata]
         if missing:
             raise ValueError(f"{self.path} lacks the metadata {', '.join(missing)}; {EXPORT_HINT}")
         m = self.metadata
-        return ModelArgs(
-            dim=int(m["get_dim"]),
-            n_layers=int(m["get_n_layers"]),
-            n_heads=int(m["get_n_heads"]),
-            n_kv_heads=int(m["get_n_kv_heads"]),
-            vocab_size=int(m["get_vocab_size"]),
-            max_seq_len=int(m["get_max_seq_len"]),
-            rope_theta=float(m["get_rope_theta"]),
-        )
+        return Preproc(int(m[contract.HEAD_DIM]), self.max_seq_len, float(m[contract.ROPE_THETA]))
 
     def reset(self) -> None:
         """Start a new sequence.
@@ -138,7 +134,7 @@ class PteDecoder:
         if bad:
             raise ValueError(f"token ids {bad[:5]} are outside the vocabulary 0..{self.vocab_size - 1}")
         x = torch.tensor([tokens], dtype=torch.long)  # (1, L)
-        if self.design == "positions":
+        if self.preproc is None:
             inputs = [x, torch.tensor([start_pos], dtype=torch.long)]
         else:
             inputs = [

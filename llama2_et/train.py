@@ -357,7 +357,7 @@ def _train(cfg: TrainConfig, ctx: Distributed, progress: bool, started: float) -
         log(f"resumed from {checkpoint_path} at step {step}")
     log(f"model: {param_count(args):,} parameters, {args}")
 
-    preproc = Preproc(args).to(ctx.device)
+    preproc = Preproc.for_model(args).to(ctx.device)
     cos, sin, mask = preproc.full(cfg.max_seq_len)
     ddp = ctx.world_size > 1
     net = nn.parallel.DistributedDataParallel(model) if ddp else model

@@ -35,13 +35,19 @@ PTE_CONTEXT = 128  # max_seq_len of the test programs: room for every test promp
 
 
 @pytest.fixture(scope="session")
+def pte_context() -> int:
+    """The max_seq_len of the programs `stories260k_pte` exports."""
+    return PTE_CONTEXT
+
+
+@pytest.fixture(scope="session")
 def stories260k_pte(stories260k, tmp_path_factory):
     """stories260K exported to .pte once per session per (design, backend): exports dominate test time."""
     from llama2_et.export import export_pte
 
     folder, programs = tmp_path_factory.mktemp("pte"), {}
 
-    def get(design: str = "positions", backend: str = "xnnpack") -> Path:
+    def get(design: str = "gather", backend: str = "xnnpack") -> Path:
         if (design, backend) not in programs:
             path = folder / f"stories260K_{design}_{backend}.pte"
             programs[design, backend] = export_pte(

@@ -6,7 +6,7 @@ import torch
 from llama2_et.checkpoint import from_hf_state_dict, to_hf
 from llama2_et.config import ModelArgs, param_count
 from llama2_et.model import Transformer
-from llama2_et.preproc import Preproc, WithPositions
+from llama2_et.preproc import Preproc
 
 transformers = pytest.importorskip("transformers")
 
@@ -43,7 +43,7 @@ def test_logits_equal_transformers_llama_with_gqa():
     model.load_state_dict(from_hf_state_dict(hf.state_dict(), args))
     tokens = torch.randint(0, args.vocab_size, (2, 17), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        ours = model(tokens, *Preproc(args).full(17))
+        ours = model(tokens, *Preproc.for_model(args).full(17))
         theirs = hf(tokens).logits
     assert ours.shape == theirs.shape == (2, 17, args.vocab_size)
     assert (ours - theirs).abs().max() <= 1e-4
@@ -55,7 +55,7 @@ def test_to_hf_round_trip_gives_transformers_the_same_logits(stories260k):
     hf.load_state_dict(state, strict=False)
     tokens = torch.randint(0, 512, (1, 40), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        ours = stories260k(tokens, *Preproc(stories260k.args).full(40))
+        ours = stories260k(tokens, *Preproc.for_model(stories260k.args).full(40))
         theirs = hf(tokens).logits
     assert (ours - theirs).abs().max() <= 1e-4
 
@@ -63,7 +63,7 @@ def test_to_hf_round_trip_gives_transformers_the_same_logits(stories260k):
 def test_cached_prefill_and_decode_equal_uncached_logits():
     torch.manual_seed(0)
     model = Transformer(GQA).eval()
-    pre = Preproc(GQA)
+    pre = Preproc.for_model(GQA)
     tokens = torch.randint(0, GQA.vocab_size, (1, 20))
     with torch.no_grad():
         full = model(tokens, *pre.full(20))  # (1, 20, V)
@@ -74,20 +74,6 @@ def test_cached_prefill_and_decode_equal_uncached_logits():
     assert (cached - full).abs().max() <= 1e-4
 
 
-def test_positions_design_equals_preproc_design():
-    torch.manual_seed(0)
-    model = Transformer(GQA).eval().setup_kv_cache()
-    pre, positions = Preproc(GQA), WithPositions(model)
-    tokens = torch.randint(0, GQA.vocab_size, (1, 9))
-    with torch.no_grad():
-        a = model.last_logits(tokens[:, :6], *pre.window(0, 6))
-        a2 = model.last_logits(tokens[:, 6:9], *pre.window(6, 3))
-        model.reset_kv_cache()
-        b = positions(tokens[:, :6], torch.tensor([0]))
-        b2 = positions(tokens[:, 6:9], torch.tensor([6]))
-    assert torch.equal(a, b) and torch.equal(a2, b2)
-
-
 def test_param_count_matches_module():
     for args in (GQA, GQA.replace(tie_embeddings=False)):
         model = Transformer(args)
@@ -96,6 +82,6 @@ def test_param_count_matches_module():
 
 
 def test_window_outside_context_is_refused():
-    pre = Preproc(GQA)
+    pre = Preproc.for_model(GQA)
     with pytest.raises(ValueError, match="max_seq_len"):
         pre.window(30, 3)

@@ -11,12 +11,12 @@ of it the three exports.
 import pytest
 import torch
 
-from conftest import PTE_CONTEXT as CONTEXT  # the programs' max_seq_len (shorter than the checkpoint's 512)
+from llama2_et.contract import SIGNATURES
 from llama2_et.generate import EagerDecoder, Sampler, generate
 from llama2_et.runtime import PteDecoder
 
 # Both designs on XNNPACK; the portable kernels through the preproc design (each export costs ~30 s)
-VARIANTS = [("positions", "xnnpack"), ("preproc", "xnnpack"), ("preproc", "portable")]
+VARIANTS = [("gather", "xnnpack"), ("preproc", "xnnpack"), ("preproc", "portable")]
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +33,14 @@ def eager(stories260k):
 
 
 @pytest.mark.parametrize("design,backend", VARIANTS)
-def test_logits_equal_eager_for_prefill_and_decode(programs, design, backend, eager, tok512):
+def test_logits_equal_eager_for_prefill_and_decode(programs, design, backend, eager, tok512, pte_context):
     pte = PteDecoder(programs[design, backend])
-    assert (pte.design, pte.max_seq_len, pte.vocab_size) == (design, CONTEXT, tok512.vocab_size)
+    expected_inputs = SIGNATURES[design]
+    assert (pte.signature, pte.max_seq_len, pte.vocab_size) == (
+        expected_inputs,
+        pte_context,
+        tok512.vocab_size,
+    )
     pte.reset()
     ids = tok512.encode("Once upon a time, in a small town", bos=True)
     expected, got = eager.step(ids, 0), pte.step(ids, 0)
@@ -49,10 +54,10 @@ def test_logits_equal_eager_for_prefill_and_decode(programs, design, backend, ea
         pos += 1
 
 
-@pytest.mark.parametrize("design", ["positions", "preproc"])
-def test_greedy_generation_equals_eager(programs, design, eager, tok512):
+@pytest.mark.parametrize("design", ["gather", "preproc"])
+def test_greedy_generation_equals_eager(programs, design, eager, tok512, pte_context):
     prompt = tok512.encode("Once upon a time", bos=True)
-    budget = CONTEXT - len(prompt)
+    budget = pte_context - len(prompt)
     expected = list(generate(eager, prompt, budget, Sampler()))
     assert len(expected) > 50
     assert list(generate(PteDecoder(programs[design, "xnnpack"]), prompt, budget, Sampler())) == expected
@@ -60,7 +65,7 @@ def test_greedy_generation_equals_eager(programs, design, eager, tok512):
 
 def test_same_seed_gives_the_same_sampled_tokens_as_eager(programs, eager, tok512):
     prompt = tok512.encode("Tom had a dog", bos=True)
-    pte = PteDecoder(programs["positions", "xnnpack"])
+    pte = PteDecoder(programs["gather", "xnnpack"])
     sample = dict(temperature=0.9, top_p=0.9, seed=1234)
     expected = list(generate(eager, prompt, 80, Sampler(**sample)))
     assert list(generate(pte, prompt, 80, Sampler(**sample))) == expected
@@ -85,7 +90,7 @@ def test_missing_file(tmp_path):
 
 
 def test_truncated_program(programs, tmp_path):
-    data = programs["positions", "xnnpack"].read_bytes()
+    data = programs["gather", "xnnpack"].read_bytes()
     truncated = tmp_path / "truncated.pte"
     truncated.write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="truncated.pte.*(truncated|corrupt)"):
@@ -132,26 +137,31 @@ def test_program_with_other_inputs(tmp_path):
     with pytest.raises(ValueError, match="three.pte: forward takes 3 inputs"):
         PteDecoder(three)
     floats = foreign_program(tmp_path / "floats.pte", (torch.zeros(1, 3), torch.zeros(1)), meta)
-    with pytest.raises(ValueError, match="floats.pte: forward input dtypes .* positions design"):
+    with pytest.raises(
+        ValueError,
+        match="floats.pte: forward input dtypes .* do not match the inputs 2 \(tokens, input_pos\)",
+    ):
         PteDecoder(floats)
 
 
-def test_prompt_past_max_seq_len(programs):
-    pte = PteDecoder(programs["positions", "xnnpack"])
+def test_prompt_past_max_seq_len(programs, pte_context):
+    pte = PteDecoder(programs["gather", "xnnpack"])
     with pytest.raises(ValueError, match="exceeds the model's context of 128"):
-        list(generate(pte, [1] * (CONTEXT - 3), 10, Sampler()))
+        list(generate(pte, [1] * (pte_context - 3), 10, Sampler()))
     with pytest.raises(
-        ValueError, match=r"0..128 run past the end of the cache of .*positions_xnnpack.pte \(128 positions"
+        ValueError, match=r"0..128 run past the end of the cache of .*gather_xnnpack.pte \(128 positions"
     ):
-        pte.step([1] * (CONTEXT + 1), 0)
+        pte.step([1] * (pte_context + 1), 0)
 
 
-def test_decode_past_the_cache_end_and_out_of_order(programs):
+def test_decode_past_the_cache_end_and_out_of_order(programs, pte_context):
     pte = PteDecoder(programs["preproc", "xnnpack"])
     pte.reset()
-    pte.step([1] * CONTEXT, 0)  # fills the cache exactly
-    with pytest.raises(ValueError, match=f"positions {CONTEXT}..{CONTEXT} run past the end of the cache"):
-        pte.step([5], CONTEXT)
+    pte.step([1] * pte_context, 0)  # fills the cache exactly
+    with pytest.raises(
+        ValueError, match=f"positions {pte_context}..{pte_context} run past the end of the cache"
+    ):
+        pte.step([5], pte_context)
     pte.reset()
     pte.step([1, 5, 6], 0)
     with pytest.raises(ValueError, match="start_pos=7 but the cache holds positions 0..2"):

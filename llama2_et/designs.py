@@ -1,0 +1,97 @@
+"""The three program designs: how an exported program learns the positions of its tokens.
+
+Each wraps a Transformer whose layers hold a KV cache and returns the logits of the last position
+(1, V), as ExecuTorch's own llama export does. contract.py names their inputs; chapters 4 and 5
+tell why there are three:
+- `NarrowProgram`: slices the tables inside the graph at a start read from input_pos.
+- `PreprocProgram`: the caller slices (`Preproc.window`), the graph receives the slices.
+- `GatherProgram`: gathers the rows at input_pos + arange(L), so the slice length is the tokens'
+  own length L, a shape, and every op it feeds stays delegable. The package exports it by default.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.export import Dim
+
+from .contract import check_design
+from .model import Transformer
+from .preproc import Preproc
+
+
+class NarrowProgram(nn.Module):
+    """forward(tokens (1, L), input_pos (1,)): `narrow` the tables at the start held in input_pos.
+
+    `torch._check` bounds tell torch.export the slice stays inside the tables, so it exports; but
+    the slice's start is a value read from a tensor, and XNNPACK cannot delegate what it feeds.
+    """
+
+    def __init__(self, model: Transformer):
+        super().__init__()
+        self.model = model
+        self.preproc = Preproc.for_model(model.args)
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        seq_len = tokens.shape[1]
+        start = input_pos[0].item()
+        torch._check(start >= 0)
+        torch._check(start + seq_len <= self.preproc.max_seq_len)
+        cos = self.preproc.cos.narrow(0, start, seq_len)  # (L, Dh/2)
+        sin = self.preproc.sin.narrow(0, start, seq_len)
+        mask = self.preproc.mask.narrow(0, start, seq_len)  # (L, Lm)
+        positions = torch.arange(seq_len, dtype=torch.long) + start  # (L,)
+        return self.model.last_logits(tokens, cos, sin, mask, positions)
+
+
+class PreprocProgram(nn.Module):
+    """forward(tokens (1, L), cos, sin (L, Dh/2), mask (L, Lm), input_pos (L,)): sliced by the caller."""
+
+    def __init__(self, model: Transformer):
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor,
+        input_pos: torch.Tensor,
+    ) -> torch.Tensor:
+        return self.model.last_logits(tokens, cos, sin, mask, input_pos)
+
+
+class GatherProgram(nn.Module):
+    """forward(tokens (1, L), input_pos (1,)): gather the table rows at input_pos + arange(L)."""
+
+    def __init__(self, model: Transformer):
+        super().__init__()
+        self.model = model
+        self.preproc = Preproc.for_model(model.args)
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(tokens.shape[1], dtype=torch.long) + input_pos  # (L,)
+        cos = self.preproc.cos.index_select(0, positions)  # (L, Dh/2)
+        sin = self.preproc.sin.index_select(0, positions)
+        mask = self.preproc.mask.index_select(0, positions)  # (L, Lm)
+        return self.model.last_logits(tokens, cos, sin, mask, positions)
+
+
+PROGRAMS = {"narrow": NarrowProgram, "preproc": PreprocProgram, "gather": GatherProgram}
+
+
+def program_and_inputs(
+    model: Transformer, design: str, seq_len: int = 2
+) -> tuple[nn.Module, tuple[torch.Tensor, ...], tuple]:
+    """The module to export for a design, example inputs of seq_len tokens, and their dynamic shapes.
+
+    One `Dim` for the token count L (1..max_seq_len) lets one program serve prefill and decode.
+    """
+    program = PROGRAMS[check_design(design)](model)
+    tokens = torch.zeros(1, seq_len, dtype=torch.long)  # (1, L)
+    length = Dim("seq_len", min=1, max=model.args.max_seq_len)
+    if design == "preproc":
+        inputs = (tokens, *Preproc.for_model(model.args).window(0, seq_len))
+        return program, inputs, ({1: length}, {0: length}, {0: length}, {0: length}, {0: length})
+    return program, (tokens, torch.tensor([0])), ({1: length}, None)
