@@ -41,12 +41,12 @@ def _check_writable_folder(path: Path, folder: Path) -> None:
 def check_output_path(path: str | Path, suffix: str | None = None) -> Path:
     """path as a Path if a file can be written there (its folders are created later), else OutputPathError."""
     path = Path(path)
-    if suffix is not None and path.suffix != suffix:
-        raise OutputPathError(f"{path} should end in {suffix}; choose a path such as {path.stem}{suffix}")
     if path.is_dir():
         raise OutputPathError(
             f"{path} is a folder; give a file path such as {path / ('out' + (suffix or ''))}"
         )
+    if suffix is not None and path.suffix != suffix:
+        raise OutputPathError(f"{path} should end in {suffix}; choose a path such as {path.stem}{suffix}")
     folder = path.parent if path.parent.exists() else _existing_ancestor(path)
     _check_writable_folder(path, folder)
     return path
