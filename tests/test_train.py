@@ -34,17 +34,15 @@ def stories_file(data_dir, tmp_path_factory):
 def tiny(tmp_path, stories_file, data_dir):
     """A config of a few steps on a 2-layer model (GQA: 2 query heads, 1 key/value head)."""
 
-    def make(name: str, **changes) -> TrainConfig:
+    def make(name: str, model: dict | None = None, **changes) -> TrainConfig:
+        args = ModelArgs(
+            dim=16, n_layers=2, n_heads=2, n_kv_heads=1, vocab_size=512, multiple_of=8, max_seq_len=32
+        )
         cfg = TrainConfig(
             data=str(stories_file),
             out_dir=str(tmp_path / name),
             tokenizer=str(data_dir / "tok512.model"),
-            dim=16,
-            n_layers=2,
-            n_heads=2,
-            n_kv_heads=1,
-            multiple_of=8,
-            max_seq_len=32,
+            model=args.replace(**(model or {})),
             batch_size=4,
             max_steps=6,
             warmup_steps=2,
@@ -59,10 +57,12 @@ def tiny(tmp_path, stories_file, data_dir):
 
 
 def flags(cfg: TrainConfig) -> list[str]:
-    """The command-line flags that give this config."""
+    """The command-line flags that give this config (its model's fields are flags too)."""
     out = []
-    for f in dataclasses.fields(cfg):
-        value, flag = getattr(cfg, f.name), "--" + f.name.replace("_", "-")
+    for obj, f in [(cfg.model, f) for f in dataclasses.fields(cfg.model)] + [
+        (cfg, f) for f in dataclasses.fields(cfg) if f.name != "model"
+    ]:
+        value, flag = getattr(obj, f.name), "--" + f.name.replace("_", "-")
         if isinstance(value, bool):
             out.append(flag if value else "--no-" + flag[2:])
         elif value is not None:
@@ -108,7 +108,7 @@ def test_initial_loss_is_uniform_over_the_vocabulary():
 
 def test_resume_continues_the_uninterrupted_run_exactly(tiny, capsys):
     """With dropout on, so the restored RNG state matters too."""
-    tiny = functools.partial(tiny, dropout=0.1)
+    tiny = functools.partial(tiny, model={"dropout": 0.1})
     assert main(["train", *flags(tiny("straight"))]) == 0  # the CLI: trains, reloads model.bin, samples
     out = capsys.readouterr().out
     assert "greedy sample from" in out and "Once upon a time" in out
@@ -136,10 +136,13 @@ def test_resume_continues_the_uninterrupted_run_exactly(tiny, capsys):
     assert second.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     with pytest.raises(ValueError, match="other model settings: ModelArgs"):
-        train(tiny("resumed", resume=True, dim=32), progress=False)
+        train(tiny("resumed", resume=True, model={"dropout": 0.1, "dim": 32}), progress=False)
     # a new 400-piece tokenizer (trained on the same stories) cannot continue a 512-token model
     with pytest.raises(ValueError, match="vocab_size 512 vs 400 \\(tokenizer/model mismatch\\)"):
-        train(tiny("resumed", resume=True, tokenizer=None, vocab_size=400), progress=False)
+        train(
+            tiny("resumed", resume=True, tokenizer=None, model={"dropout": 0.1, "vocab_size": 400}),
+            progress=False,
+        )
 
 
 def test_torchrun_two_processes_equal_one_process_accumulating_two(tiny):
@@ -196,7 +199,7 @@ def test_corrupt_or_missing_checkpoint_errors_say_so(tiny, tmp_path):
 
 def test_vocab_mismatch_and_bad_data_get_clear_errors(tiny, tmp_path, capsys):
     with pytest.raises(ValueError, match="has 512 pieces but the model's vocab_size is 256"):
-        train(tiny("vocab", vocab_size=256), progress=False)
+        train(tiny("vocab", model={"vocab_size": 256}), progress=False)
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     with pytest.raises(ValueError, match="no stories in .*empty.txt"):
