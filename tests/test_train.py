@@ -4,6 +4,7 @@ import dataclasses
 import functools
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -135,6 +136,16 @@ def test_resume_continues_the_uninterrupted_run_exactly(tiny, capsys):
         assert torch.equal(from_bin(tokens, *Preproc(from_bin.args).full(32)), expected)
     assert second.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # a run without --resume never silently replaces a trained model; --overwrite does, on purpose
+    kept = Path(second.checkpoint).read_bytes(), Path(second.llama2c_bin).read_bytes()
+    with pytest.raises(
+        ValueError, match=r"already holds a trained model \(ckpt.pt, model.bin\); pass --resume"
+    ):
+        train(tiny("resumed"), progress=False)
+    assert (Path(second.checkpoint).read_bytes(), Path(second.llama2c_bin).read_bytes()) == kept
+    replaced = train(tiny("resumed", overwrite=True, stop_at_step=1), progress=False)
+    assert torch.load(replaced.checkpoint, weights_only=True)["iter_num"] == 1
+
     with pytest.raises(ValueError, match="other model settings: ModelArgs"):
         train(tiny("resumed", resume=True, model={"dropout": 0.1, "dim": 32}), progress=False)
     # a new 400-piece tokenizer (trained on the same stories) cannot continue a 512-token model
@@ -209,3 +220,40 @@ def test_vocab_mismatch_and_bad_data_get_clear_errors(tiny, tmp_path, capsys):
     assert err.splitlines()[-1].startswith("error: stories") and "missing.txt" in err
     with pytest.raises(ValueError, match="warmup_steps=10 must be in"):
         TrainConfig(max_steps=10, warmup_steps=10)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--max-seq-len", "0"], "max_seq_len must be positive, got 0"),
+        (["--max-seq-len", "-8"], "max_seq_len must be positive, got -8"),
+        (["--seed", str(10**23)], "seed must be an integer in 0..2\\*\\*64-1, got 1000"),
+        (["--seed", "-1"], "seed must be an integer in 0..2\\*\\*64-1, got -1"),
+        (
+            ["--device", "cuda"],
+            "device 'cuda': this PyTorch .* (is a CPU-only build|sees no GPU); use --device cpu",
+        ),
+        (["--device", "gpu0"], "device 'gpu0' is not a device name; use cpu or cuda"),
+        (["--resume", "--overwrite"], "resume continues the checkpoint in out_dir and overwrite replaces it"),
+    ],
+)
+def test_bad_train_flags_are_one_line_errors(tmp_path, capsys, extra, message):
+    if extra[:2] == ["--device", "cuda"] and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: --device cuda is valid here")
+    assert main(["train", "--out-dir", str(tmp_path / "out"), *extra]) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and re.match(f"error: {message}", err), err
+    assert not (tmp_path / "out").exists()  # refused before preparing any data
+
+
+def test_train_out_dir_that_is_a_file_and_non_utf8_stories(tmp_path, capsys, tiny):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    assert main(["train", "--out-dir", str(a_file)]) == 1
+    assert (
+        capsys.readouterr().err == f"error: {a_file} is a file, not a folder; choose another output folder\n"
+    )
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("Once upon a time, Zoë sang.\n<|endoftext|>\n".encode("latin1"))
+    with pytest.raises(ValueError, match=f"{latin1} is not UTF-8 text: byte 20 is 0xeb"):
+        train(tiny("latin1", data=str(latin1)), progress=False)
