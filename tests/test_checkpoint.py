@@ -64,10 +64,11 @@ def test_untied_classifier_round_trip(tmp_path, stories260k):
     assert torch.equal(logits(again), logits(untied))
 
 
-def test_meta_round_trip(tmp_path, stories260k):
+def test_meta_round_trip(tmp_path, data_dir, stories260k):
     folder = save_meta(stories260k, tmp_path / "meta")
     params = json.loads((folder / "params.json").read_text())
-    assert params["hidden_dim"] == 172 and params["n_kv_heads"] == 4
+    header = struct.unpack_from("7i", (data_dir / "stories260K.bin").read_bytes())
+    assert (params["hidden_dim"], params["n_kv_heads"]) == (header[1], header[4])  # as llama2.c's header
     assert torch.equal(logits(load_checkpoint(folder)), logits(stories260k))
     assert torch.equal(logits(load_checkpoint(folder / "consolidated.00.pth")), logits(stories260k))
 

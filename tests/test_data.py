@@ -3,7 +3,9 @@
 import dataclasses
 import json
 import math
+import struct
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,13 +123,23 @@ def test_unigram_entropy_matches_the_definition():
     assert unigram_entropy(np.arange(256).repeat(3)) == pytest.approx(math.log(256))
 
 
+def llama2c_tokenizer_scores(path: str) -> list[float]:
+    """The scores of a llama2.c tokenizer.bin, parsed by its format: max length, then (score, length, bytes)."""
+    data, offset, scores = Path(path).read_bytes(), 4, []
+    while offset < len(data):
+        score, length = struct.unpack_from("fI", data, offset)
+        scores.append(score)
+        offset += 8 + length
+    assert offset == len(data)
+    return scores
+
+
 def test_prepare_data_splits_tokenizes_and_reuses(tmp_path, data_dir):
     prepared = prepare_data(data_dir / SAMPLE, tmp_path, vocab_size=512)
     assert (prepared.train_stories, prepared.val_stories) == (2200, 116)
-    assert (
-        prepared.tokenizer_bin is not None
-        and SentencePieceProcessor(model_file=prepared.tokenizer_model).vocab_size() == 512
-    )
+    sp = SentencePieceProcessor(model_file=prepared.tokenizer_model)
+    assert sp.vocab_size() == 512
+    assert llama2c_tokenizer_scores(prepared.tokenizer_bin) == [sp.GetScore(i) for i in range(512)]
     train_tokens = np.concatenate([open_shard(p) for p in prepared.train_shards])
     assert len(train_tokens) == prepared.train_tokens and (train_tokens == 1).sum() == 2200  # one BOS each
     stamp = [open(p, "rb").read() for p in prepared.train_shards]
