@@ -208,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train",
         help="train on TinyStories (tokenizer, shards, AdamW; resumable; torchrun for DDP)",
-        description="Defaults are the tiny preset: minutes on 2 CPU cores with the local sample.",
+        description="Defaults are the tiny preset: minutes on 2 CPU cores. Data: the local sample where "
+        "LLAMA2_ET_DATA holds it, else TinyStories-valid.txt (~19 MB, downloaded once into the cache).",
     )
     add_config_arguments(p)
     p.add_argument(
