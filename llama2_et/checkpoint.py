@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .config import ModelArgs
+from .contract import BOS_ID, EOS_ID
 from .files import atomic_write, atomic_write_text, check_output_dir, check_output_path
 from .model import Transformer
 from .preproc import rope_tables
@@ -356,8 +357,8 @@ def to_hf(model: Transformer) -> tuple[dict[str, torch.Tensor], dict]:
         "rope_theta": a.rope_theta,
         "tie_word_embeddings": a.tie_embeddings,
         "hidden_act": "silu",
-        "bos_token_id": 1,
-        "eos_token_id": 2,
+        "bos_token_id": BOS_ID,
+        "eos_token_id": EOS_ID,
     }
     return {k: v.detach().clone() for k, v in hf.items()}, config
 

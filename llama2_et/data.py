@@ -21,6 +21,7 @@ from sentencepiece import SentencePieceProcessor, SentencePieceTrainer
 from tqdm.auto import tqdm
 
 from . import assets
+from .contract import BOS_ID, EOS_ID
 from .files import atomic_write_bytes, atomic_write_text
 
 END_OF_TEXT = "<|endoftext|>"  # separates stories in the published TinyStories-*.txt files
@@ -146,7 +147,7 @@ def train_tokenizer(
     """Train a SentencePiece BPE tokenizer as llama2.c's `tinystories.py train_vocab`; returns the .model.
 
     Byte fallback (any UTF-8 text encodes), digits split, the identity normalizer (text is kept
-    as is), ids unk=0, bos=1, eos=2. Each line of a story is one training sentence.
+    as is), ids unk=0 and contract.py's BOS_ID, EOS_ID. Each line of a story is one training sentence.
     """
     lines = (line for story in stories for line in story.splitlines() if line.strip())
     model_prefix = Path(model_prefix)
@@ -163,6 +164,9 @@ def train_tokenizer(
             allow_whitespace_only_pieces=True,
             byte_fallback=True,
             normalization_rule_name="identity",
+            unk_id=0,
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
             minloglevel=2,
         )
     except RuntimeError as exc:
