@@ -114,6 +114,8 @@ def download(url: str, dest: Path, sha256: str | None = None) -> Path:
                 for block in iter(lambda: response.read(1 << 20), b""):
                     f.write(block)
                     bar.update(len(block))
+                f.flush()
+                os.fsync(f.fileno())  # on disk before the rename below makes it the asset
     except (urllib.error.URLError, http.client.HTTPException, TimeoutError, OSError) as exc:
         raise FileNotFoundError(
             f"could not download {url} ({exc}). Offline? Fetch it by hand into {dest.parent}, "
