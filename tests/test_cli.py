@@ -11,8 +11,10 @@ import pytest
 
 from llama2_et import __main__ as cli_module
 from llama2_et.__main__ import main
-from llama2_et.checkpoint import read_llama2c_bin
+from llama2_et.checkpoint import read_llama2c_bin, save_meta
+from llama2_et.config import ModelArgs
 from llama2_et.generate import EagerDecoder, Sampler, generate_text
+from llama2_et.model import Transformer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -160,3 +162,13 @@ def test_unreadable_checkpoint_is_one_line(tmp_path, data_dir):
     assert (
         one_error_line(r.stderr) == f"error: {path}: Permission denied; check the path and its permissions\n"
     )
+
+
+def test_a_tokenizer_smaller_than_the_model_vocabulary_is_refused_at_load(tmp_path, capsys):
+    """Such a model can sample ids the tokenizer cannot decode: refused before generating anything."""
+    model = Transformer(ModelArgs(dim=8, n_layers=1, n_heads=2, vocab_size=32000, max_seq_len=16))
+    folder = save_meta(model, tmp_path / "wide")
+    argv = ["generate", "--checkpoint", str(folder), "--tokenizer", "stories260K", "--prompt", "hi"]
+    assert main(argv) == 1
+    out = capsys.readouterr()
+    assert out.out == "" and "has 512 tokens but the model has 32000" in one_error_line(out.err)
