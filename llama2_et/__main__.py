@@ -33,7 +33,7 @@ def positive_int(text: str) -> int:
     return value
 
 
-def count(text: str) -> int:
+def non_negative_int(text: str) -> int:
     """An int >= 0 (argparse type)."""
     value = int(text)
     if value < 0:
@@ -82,7 +82,7 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
         "--tokenizer", required=True, help="sentencepiece .model path or a name (stories260K, llama2)"
     )
     p.add_argument("--prompt", required=True, type=utf8_text)
-    p.add_argument("--max-new-tokens", type=count, default=256)
+    p.add_argument("--max-new-tokens", type=non_negative_int, default=256)
     p.add_argument("--temperature", type=temperature, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=probability_mass, default=None)
     p.add_argument("--top-k", type=positive_int, default=None)

@@ -163,3 +163,20 @@ def test_a_real_read_only_file_system(tmp_path):
     )
     assert r.returncode == 1 and "OutputPathError" in r.stderr
     assert f"cannot write {mount}/m.pte: {mount} is not writable (Read-only file system)" in r.stderr
+
+
+def test_a_folder_without_write_permission(tmp_path):
+    folder = tmp_path / "locked"
+    folder.mkdir(mode=0o555)
+    prefix = []
+    if os.geteuid() == 0:  # root writes anywhere: drop to an unprivileged user in a user namespace
+        prefix = ["unshare", "-U", "--map-user=1000", "--map-group=1000"]
+        if shutil.which("unshare") is None or subprocess.run([*prefix, "true"]).returncode:
+            pytest.skip("running as root without user namespaces: every folder is writable")
+    code = "from llama2_et.files import check_output_path as c; import sys; c(sys.argv[1])"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run(
+        [*prefix, sys.executable, "-c", code, str(folder / "m.pte")], capture_output=True, text=True, env=env
+    )
+    assert r.returncode == 1
+    assert f"cannot write {folder}/m.pte: {folder} is not writable (Permission denied)" in r.stderr
