@@ -3,26 +3,88 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 
 from . import assets
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import kv_cache_bytes, param_count
+from .files import check_output_path
 from .generate import EagerDecoder, Sampler, generate_text
 from .tokenizer import Tokenizer
-from .train import add_config_arguments, config_from_arguments, train
+from .train import SEED_RANGE, add_config_arguments, config_from_arguments, train
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line: `error: ...`, then exit status 2."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """An int >= 1 (argparse type)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An int >= 0 (argparse type)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def seed(text: str) -> int:
+    """A random seed: an int in 0..2**64-1, what torch.Generator.manual_seed accepts (argparse type)."""
+    value = int(text)
+    if value not in SEED_RANGE:
+        raise argparse.ArgumentTypeError(f"must be an integer in 0..2**64-1, got {value}")
+    return value
+
+
+def temperature(text: str) -> float:
+    """A finite float >= 0; 0 = greedy (argparse type)."""
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0 (0 = greedy), got {text}")
+    return value
+
+
+def probability_mass(text: str) -> float:
+    """A float in (0, 1] (argparse type)."""
+    value = float(text)
+    if not 0 < value <= 1:  # also false for nan
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def utf8_text(text: str) -> str:
+    """Command-line text that is valid UTF-8 (argparse type; Python keeps invalid bytes as surrogates)."""
+    raw = os.fsencode(text)
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise argparse.ArgumentTypeError(
+            f"is not UTF-8 text (byte {exc.start} is 0x{raw[exc.start]:02x}); pass UTF-8 text"
+        ) from None
+    return text
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tokenizer", required=True, help="sentencepiece .model path or a name (stories260K, llama2)"
     )
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--prompt", required=True, type=utf8_text)
+    p.add_argument("--max-new-tokens", type=non_negative_int, default=256)
+    p.add_argument("--temperature", type=temperature, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=probability_mass, default=None)
+    p.add_argument("--top-k", type=positive_int, default=None)
+    p.add_argument("--seed", type=seed, default=None, help="0..2**64-1 (default: a random seed)")
 
 
 def stream(decoder, args: argparse.Namespace) -> None:
@@ -93,6 +155,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from .export import export_pte
 
+    check_output_path(args.out, ".pte")  # before the minutes an export takes
     model = load_checkpoint(assets.resolve_checkpoint(args.checkpoint))
     report = export_pte(
         model,
@@ -113,7 +176,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m llama2_et", description=__doc__)
+    parser = Parser(prog="python -m llama2_et", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     # --- generate ---
@@ -131,10 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train",
         help="train on TinyStories (tokenizer, shards, AdamW; resumable; torchrun for DDP)",
-        description="Defaults are the tiny preset: minutes on 2 CPU cores with the local sample.",
+        description="Defaults are the tiny preset: minutes on 2 CPU cores. Data: the local sample where "
+        "LLAMA2_ET_DATA holds it, else TinyStories-valid.txt (~19 MB, downloaded once into the cache).",
     )
     add_config_arguments(p)
-    p.add_argument("--prompt", default="Once upon a time", help="greedy sample printed at the end")
+    p.add_argument(
+        "--prompt", default="Once upon a time", type=utf8_text, help="greedy sample printed at the end"
+    )
     p.set_defaults(func=cmd_train)
 
     # --- build-runner ---
@@ -185,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--quantize", choices=QUANTIZATIONS, default="none", help="8da = 8-bit dynamic activations"
     )
     p.add_argument(
-        "--max-seq-len", type=int, default=None, help="context of the program (default: the model's)"
+        "--max-seq-len", type=positive_int, default=None, help="context of the program (default: the model's)"
     )
     p.add_argument(
         "--design",
@@ -194,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="gather (default) and narrow: inputs (tokens, input_pos), run in TextLLMRunner too; "
         "preproc: (tokens, cos, sin, mask, input_pos)",
     )
-    p.add_argument("--group-size", type=int, default=32, help="8da4w: inputs per int4 weight group")
+    p.add_argument("--group-size", type=positive_int, default=32, help="8da4w: inputs per int4 weight group")
     p.set_defaults(func=cmd_export)
 
     # --- run ---
@@ -210,8 +276,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (FileNotFoundError, ValueError, CheckpointError, RuntimeError) as exc:
+    except (ValueError, CheckpointError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # ours carry a message; the system's a file name and a reason
+        reason = f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
+        print(f"error: {reason}; check the path and its permissions", file=sys.stderr)
         return 1
     return 0
 

@@ -3,12 +3,14 @@
 Order of resolution for a named asset:
 1. `LLAMA2_ET_DATA=<folder>`: the file must be in that folder (offline use, tests and CI);
 2. otherwise the cache folder (`LLAMA2_ET_CACHE`, default ~/.cache/llama2_et), downloading into
-   it on first use and checking the sha256 where one is published.
+   it on first use, checking the size against the server's Content-Length and the sha256 where
+   one is published.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import urllib.error
 import urllib.request
@@ -19,12 +21,15 @@ from tqdm.auto import tqdm
 
 HF_TINYLLAMAS = "https://huggingface.co/karpathy/tinyllamas/resolve/main"
 LLAMA2C_RAW = "https://raw.githubusercontent.com/karpathy/llama2.c/master"
+HF_TINYSTORIES = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main"
 
 
 @dataclass(frozen=True)
 class Asset:
+    """A file the package knows by name: where it is published and its checksum."""
+
     filename: str
-    url: str
+    url: str | None  # None: not published; it is only ever read from LLAMA2_ET_DATA
     sha256: str | None  # None where no checksum is published; the download is then only size-checked
 
 
@@ -55,6 +60,15 @@ ASSETS = {
             f"{LLAMA2C_RAW}/tokenizer.bin",
             "50a52ef822ee9e83de5ce9d0be0a025a773d019437f58b5ff9dcafb063ece361",
         ),
+        # The published files of roneneldan/TinyStories. The dataset publishes no checksums that we
+        # know of, so these are size-checked only. TinyStories-valid.txt (~19 MB) is `train`'s default.
+        Asset("TinyStories_all_data.tar.gz", f"{HF_TINYSTORIES}/TinyStories_all_data.tar.gz", None),
+        Asset("TinyStories-train.txt", f"{HF_TINYSTORIES}/TinyStories-train.txt", None),
+        Asset("TinyStories-valid.txt", f"{HF_TINYSTORIES}/TinyStories-valid.txt", None),
+        Asset("TinyStoriesV2-GPT4-train.txt", f"{HF_TINYSTORIES}/TinyStoriesV2-GPT4-train.txt", None),
+        Asset("TinyStoriesV2-GPT4-valid.txt", f"{HF_TINYSTORIES}/TinyStoriesV2-GPT4-valid.txt", None),
+        # 2,316 real TinyStories stories for fast offline tests (shared/data/README.md): not published.
+        Asset("tinystories_train_sample.txt", None, None),
     )
 }
 
@@ -69,10 +83,12 @@ TOKENIZERS = {"tok512": "tok512", "llama2": "tokenizer", **{k: v[1] for k, v in 
 
 
 def cache_dir() -> Path:
+    """The download cache: LLAMA2_ET_CACHE, default ~/.cache/llama2_et."""
     return Path(os.environ.get("LLAMA2_ET_CACHE", Path.home() / ".cache" / "llama2_et"))
 
 
 def sha256_of(path: Path) -> str:
+    """The hex sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -81,7 +97,7 @@ def sha256_of(path: Path) -> str:
 
 
 def download(url: str, dest: Path, sha256: str | None = None) -> Path:
-    """Download url to dest (resuming a partial .part file), then check its sha256."""
+    """Download url to dest (resuming a partial .part file), then check its size and sha256."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     done = part.stat().st_size if part.exists() else 0
@@ -98,11 +114,17 @@ def download(url: str, dest: Path, sha256: str | None = None) -> Path:
                 for block in iter(lambda: response.read(1 << 20), b""):
                     f.write(block)
                     bar.update(len(block))
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+                f.flush()
+                os.fsync(f.fileno())  # on disk before the rename below makes it the asset
+    except (urllib.error.URLError, http.client.HTTPException, TimeoutError, OSError) as exc:
         raise FileNotFoundError(
             f"could not download {url} ({exc}). Offline? Fetch it by hand into {dest.parent}, "
             f"or set LLAMA2_ET_DATA to a folder that holds {dest.name}"
         ) from None
+    if total and (got := part.stat().st_size) != total:
+        raise FileNotFoundError(
+            f"the download of {url} stopped at {got:,} of {total:,} bytes; run again to resume it"
+        )
     if sha256 is not None and (actual := sha256_of(part)) != sha256:
         part.unlink()
         raise ValueError(f"{url}: sha256 {actual} does not match the published {sha256}; download again")
@@ -110,21 +132,32 @@ def download(url: str, dest: Path, sha256: str | None = None) -> Path:
     return dest
 
 
+def local_path(filename: str) -> Path:
+    """Where a named asset is looked up: in LLAMA2_ET_DATA if set, else in the cache."""
+    folder = os.environ.get("LLAMA2_ET_DATA")
+    return (Path(folder) if folder else cache_dir()) / filename
+
+
 def fetch(filename: str) -> Path:
     """Path of a known asset file: from LLAMA2_ET_DATA, else the cache (downloading it once)."""
     asset = ASSETS.get(filename)
     if asset is None:
         raise ValueError(f"unknown asset {filename!r}; known: {', '.join(ASSETS)}")
-    if folder := os.environ.get("LLAMA2_ET_DATA"):
-        path = Path(folder) / filename
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path} not found: LLAMA2_ET_DATA={folder} must hold {filename} "
-                f"(get it from {asset.url}), or unset LLAMA2_ET_DATA to download it into {cache_dir()}"
-            )
+    path = local_path(filename)
+    if path.is_file():
         return path
-    path = cache_dir() / filename
-    return path if path.is_file() else download(asset.url, path, asset.sha256)
+    if folder := os.environ.get("LLAMA2_ET_DATA"):
+        where = f"get it from {asset.url}" if asset.url else "it is not published: copy it there"
+        raise FileNotFoundError(
+            f"{path} not found: LLAMA2_ET_DATA={folder} must hold {filename} ({where})"
+            + (f", or unset LLAMA2_ET_DATA to download it into {cache_dir()}" if asset.url else "")
+        )
+    if asset.url is None:
+        raise FileNotFoundError(
+            f"{filename} is not published, so it is only read from LLAMA2_ET_DATA, which is not set: "
+            "set LLAMA2_ET_DATA to the folder holding it"
+        )
+    return download(asset.url, path, asset.sha256)
 
 
 def resolve_checkpoint(name_or_path: str | Path) -> Path:

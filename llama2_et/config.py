@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
+from numbers import Integral, Real
+
+
+def _check_number(name: str, value: object, kind: type, optional: bool = False) -> None:
+    """A ValueError naming the field unless value is a positive finite number of the kind (or an allowed None)."""
+    if value is None and optional:
+        return
+    what = "an integer" if kind is Integral else "a number"
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise ValueError(f"{name} must be {what}, got {value!r} ({type(value).__name__})")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be positive, got {value}")
 
 
 @dataclass(frozen=True)
@@ -24,15 +37,21 @@ class ModelArgs:
     tie_embeddings: bool = True  # llama2.c's "shared classifier"
 
     def __post_init__(self) -> None:
+        for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "hidden_dim", "multiple_of"):
+            _check_number(name, getattr(self, name), Integral, optional=name in ("n_kv_heads", "hidden_dim"))
+        _check_number("max_seq_len", self.max_seq_len, Integral)
+        for name in ("ffn_dim_multiplier", "norm_eps", "rope_theta"):
+            _check_number(name, getattr(self, name), Real, optional=name == "ffn_dim_multiplier")
+        if not (isinstance(self.dropout, Real) and 0.0 <= self.dropout < 1.0):
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.tie_embeddings, bool):
+            raise ValueError(f"tie_embeddings must be true or false, got {self.tie_embeddings!r}")
         if self.dim % self.n_heads:
             raise ValueError(f"dim={self.dim} is not divisible by n_heads={self.n_heads}")
         if self.n_heads % self.kv_heads:
             raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
-        for name in ("dim", "n_layers", "vocab_size", "max_seq_len"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
     @property
     def kv_heads(self) -> int:

@@ -21,27 +21,35 @@ from sentencepiece import SentencePieceProcessor, SentencePieceTrainer
 from tqdm.auto import tqdm
 
 from . import assets
+from .contract import BOS_ID, EOS_ID
+from .files import atomic_write_bytes, atomic_write_text
 
 END_OF_TEXT = "<|endoftext|>"  # separates stories in the published TinyStories-*.txt files
 TOKEN_DTYPE = np.uint16  # as llama2.c: every vocabulary up to 65,536 ids fits
-HF_TINYSTORIES = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main"
-# Published files of roneneldan/TinyStories; no checksum is published, so downloads are size-checked only.
+# Published files of roneneldan/TinyStories (see assets.ASSETS)
 TINYSTORIES_FILES = (
     "TinyStories_all_data.tar.gz",  # 50 JSON shards data00..data49.json (llama2.c uses these)
     "TinyStories-train.txt",
-    "TinyStories-valid.txt",
+    "TinyStories-valid.txt",  # ~19 MB: `train`'s default where LLAMA2_ET_DATA has no sample
     "TinyStoriesV2-GPT4-train.txt",
     "TinyStoriesV2-GPT4-valid.txt",
 )
 TOKENIZER_STORIES = 200_000  # stories a tokenizer trains on at most (the full train split has ~2.1M)
-SAMPLE = "tinystories_train_sample.txt"  # 2,316 real stories, in LLAMA2_ET_DATA (not on the Hub)
+SAMPLE = "tinystories_train_sample.txt"  # 2,316 real stories, in LLAMA2_ET_DATA (not published)
+PUBLISHED_DEFAULT = "TinyStories-valid.txt"
+
+
+def default_stories() -> str:
+    """The stories `train` uses unless told: the local sample where LLAMA2_ET_DATA holds it, else the
+    published TinyStories-valid.txt (downloaded and cached once)."""
+    folder = os.environ.get("LLAMA2_ET_DATA")
+    return SAMPLE if folder and (Path(folder) / SAMPLE).is_file() else PUBLISHED_DEFAULT
 
 
 def resolve_stories(name_or_path: str | Path) -> Path:
-    """An existing file or folder of stories, or a TinyStories file name (downloaded and cached once).
+    """An existing file or folder of stories, or a TinyStories file name (an asset: see `assets.fetch`).
 
-    As for other assets, a set `LLAMA2_ET_DATA` folder must hold the named file (offline use);
-    otherwise it is downloaded into the cache. The local sample is only ever in LLAMA2_ET_DATA.
+    A .tar.gz of JSON shards is unpacked beside itself once, and the folder is used from then on.
     """
     path = Path(name_or_path)
     if path.exists():
@@ -52,27 +60,13 @@ def resolve_stories(name_or_path: str | Path) -> Path:
             f"stories {name!r} not found: pass a TinyStories .txt/.json file or a folder of them, "
             f"or one of the published files {', '.join(TINYSTORIES_FILES)}"
         )
-    folder = os.environ.get("LLAMA2_ET_DATA")
-    if folder is None and name == SAMPLE:
-        raise FileNotFoundError(
-            f"{SAMPLE} is looked up in LLAMA2_ET_DATA, which is not set: set it to the folder holding "
-            "the file, or train on a published file such as TinyStories-valid.txt (19 MB, downloaded)"
-        )
-    if folder is not None:
-        path = Path(folder) / name
-        if not (path.exists() or _extracted_dir(path).is_dir()):
-            raise FileNotFoundError(
-                f"{path} not found: put {name} in {folder} (LLAMA2_ET_DATA)"
-                + (f", or unset LLAMA2_ET_DATA to download {HF_TINYSTORIES}/{name}" if name != SAMPLE else "")
-            )
-        return _extracted(path)
-    path = assets.cache_dir() / "TinyStories" / name
-    if not path.exists() and not _extracted_dir(path).is_dir():
-        assets.download(f"{HF_TINYSTORIES}/{name}", path)
-    return _extracted(path)
+    if (unpacked := _extracted_dir(assets.local_path(name))).is_dir():
+        return unpacked
+    return _extracted(assets.fetch(name))
 
 
 def _extracted_dir(archive: Path) -> Path:
+    """The folder a .tar.gz unpacks into (the archive's own path for other files)."""
     return archive.with_name(archive.name.removesuffix(".tar.gz"))
 
 
@@ -105,17 +99,29 @@ def read_stories(path: str | Path) -> list[str]:
     path = Path(path)
     if path.suffix == ".json":
         try:
-            records = json.loads(path.read_text(encoding="utf-8"))
+            records = json.loads(_read_utf8(path))
             texts = [record["story"] for record in records]
         except (json.JSONDecodeError, TypeError, KeyError) as exc:
             raise ValueError(
                 f"{path} is not a TinyStories JSON shard (a list of objects with a 'story' field): {exc!r}"
             ) from None
     elif path.suffix == ".txt":
-        texts = path.read_text(encoding="utf-8").split(END_OF_TEXT)
+        texts = _read_utf8(path).split(END_OF_TEXT)
     else:
         raise ValueError(f"{path}: expected a TinyStories .json shard or .txt file, got {path.suffix!r}")
     return [story for text in texts if (story := text.strip())]
+
+
+def _read_utf8(path: Path) -> str:
+    """A file's text, or a ValueError naming the file and the byte offset where it stops being UTF-8."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{path} is not UTF-8 text: byte {exc.start:,} is 0x{data[exc.start]:02x} ({exc.reason}); "
+            "convert it, e.g. iconv -f latin1 -t utf-8"
+        ) from None
 
 
 def split_stories(stories: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -141,7 +147,7 @@ def train_tokenizer(
     """Train a SentencePiece BPE tokenizer as llama2.c's `tinystories.py train_vocab`; returns the .model.
 
     Byte fallback (any UTF-8 text encodes), digits split, the identity normalizer (text is kept
-    as is), ids unk=0, bos=1, eos=2. Each line of a story is one training sentence.
+    as is), ids unk=0 and contract.py's BOS_ID, EOS_ID. Each line of a story is one training sentence.
     """
     lines = (line for story in stories for line in story.splitlines() if line.strip())
     model_prefix = Path(model_prefix)
@@ -158,6 +164,9 @@ def train_tokenizer(
             allow_whitespace_only_pieces=True,
             byte_fallback=True,
             normalization_rule_name="identity",
+            unk_id=0,
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
             minloglevel=2,
         )
     except RuntimeError as exc:
@@ -185,8 +194,9 @@ def pretokenize(
     pending: list[np.ndarray] = []
 
     def flush() -> None:
-        path = out_dir / f"{split}_{len(shards):03d}.bin"
-        np.concatenate(pending).tofile(path)
+        path = atomic_write_bytes(
+            out_dir / f"{split}_{len(shards):03d}.bin", np.concatenate(pending).tobytes()
+        )
         shards.append(path)
         pending.clear()
 
@@ -315,6 +325,7 @@ def prepare_data(
         from .tokenizer import export_llama2c
 
         tokenizer_bin = str(export_llama2c(tokenizer_model, out_dir / f"tok{vocab_size}.bin"))
+    manifest.unlink(missing_ok=True)  # the old shards go next: never leave a manifest that lists them
     for old in [*out_dir.glob("train_*.bin"), *out_dir.glob("val_*.bin")]:
         old.unlink()
     train_shards = pretokenize(train, tokenizer_model, out_dir, "train", shard_tokens)
@@ -329,5 +340,5 @@ def prepare_data(
         train_tokens=sum(p.stat().st_size // 2 for p in train_shards),
         val_tokens=sum(p.stat().st_size // 2 for p in val_shards),
     )
-    manifest.write_text(json.dumps({"recipe": recipe, "prepared": asdict(prepared)}, indent=1))
+    atomic_write_text(manifest, json.dumps({"recipe": recipe, "prepared": asdict(prepared)}, indent=1))
     return prepared

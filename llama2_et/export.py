@@ -24,12 +24,15 @@ from torch import nn
 from . import contract
 from .backends import backend as backend_entry
 from .designs import program_and_inputs
+from .files import atomic_write_bytes, check_output_path
 from .model import Transformer
 
 QUANTIZATIONS = ("none", "8da8w", "8da4w")
 
 
-def prepare_for_export(model: Transformer, backend: str = "xnnpack", max_seq_len: int | None = None) -> Transformer:
+def prepare_for_export(
+    model: Transformer, backend: str = "xnnpack", max_seq_len: int | None = None
+) -> Transformer:
     """A copy of model for export: context max_seq_len, batch-1 KV cache, the backend's transformations."""
     context = model.args.max_seq_len if max_seq_len is None else max_seq_len
     if not 1 <= context <= model.args.max_seq_len:
@@ -139,9 +142,7 @@ def export_pte(
 
     entry = backend_entry(backend)
     contract.check_design(design)
-    out_path = Path(out_path)
-    if out_path.suffix != ".pte":
-        raise ValueError(f"{out_path}: the output file must end in .pte")
+    out_path = check_output_path(out_path, ".pte")  # before the minutes an export takes
     started = time.perf_counter()
     prepared = prepare_for_export(model, backend, max_seq_len)
     quantized = quantize(prepared, quantize_scheme, group_size)
@@ -158,8 +159,7 @@ def export_pte(
     info = get_delegation_info(graph)
     portable = _portable_ops(graph)
     et_program = edge.to_executorch(ExecutorchBackendConfig(run_reinplace_pass=True))
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_bytes(et_program.buffer)
+    atomic_write_bytes(out_path, et_program.buffer)  # a failed write leaves the previous file as it was
     return ExportReport(
         path=out_path,
         design=design,

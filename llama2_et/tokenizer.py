@@ -7,6 +7,8 @@ from pathlib import Path
 
 from sentencepiece import SentencePieceProcessor
 
+from .files import atomic_write, check_output_path
+
 
 class Tokenizer:
     """Text <-> token ids with a SentencePiece model (llama2.c's tok512 or Llama 2's 32K)."""
@@ -15,6 +17,7 @@ class Tokenizer:
         path = Path(model_path)
         if not path.is_file():
             raise FileNotFoundError(f"tokenizer model not found: {path}")
+        path.open("rb").close()  # an unreadable file is a PermissionError naming it, not "not a model"
         self.sp = SentencePieceProcessor()
         try:
             self.sp.Load(str(path))
@@ -54,8 +57,8 @@ def export_llama2c(model_path: str | Path, out_path: str | Path) -> Path:
             piece = "\n</s>\n"
         tokens.append(piece.replace("\u2581", " ").encode("utf-8"))
         scores.append(tok.sp.GetScore(i))
-    out = Path(out_path)
-    with open(out, "wb") as f:
+    out = check_output_path(out_path)
+    with atomic_write(out) as f:
         f.write(struct.pack("I", max(len(t) for t in tokens)))
         for token, score in zip(tokens, scores, strict=True):
             f.write(struct.pack("fI", score, len(token)))

@@ -23,9 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, save_llama2c_bin
+from .checkpoint import CheckpointError, load_torch_file, save_llama2c_bin
 from .config import ModelArgs, param_count
-from .data import SAMPLE, PreparedData, TokenBatches, open_shard, prepare_data, unigram_entropy
+from .data import PreparedData, TokenBatches, default_stories, open_shard, prepare_data, unigram_entropy
+from .files import atomic_write, check_output_dir
 from .model import Transformer
 from .preproc import Preproc
 from .tokenizer import Tokenizer
@@ -33,25 +34,31 @@ from .tokenizer import Tokenizer
 CHECKPOINT_KEYS = ("model", "model_args", "optimizer", "iter_num", "config", "history", "rng_states")
 
 
+TINY = ModelArgs(
+    dim=64,
+    n_layers=4,
+    n_heads=4,  # few heads: at dim 64 attention over 256 positions costs more than the matmuls
+    n_kv_heads=2,
+    vocab_size=512,
+    multiple_of=4,
+    max_seq_len=256,  # also the training window length
+    # untied: with llama2.c's shared classifier, seed 1 sat ~80 steps on the unigram plateau (val 3.47
+    # at step 500 vs 2.96 untied): each token's own embedding first votes for repeating that token
+    tie_embeddings=False,
+)
+SEED_RANGE = range(2**64)  # what torch.manual_seed and numpy's generators accept
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run depends on; the defaults are the tiny preset (minutes on 2 CPU cores)."""
 
-    data: str = SAMPLE  # a stories file or folder, or a TinyStories file name (downloaded)
+    # a stories file or folder, or a TinyStories file name (downloaded); see data.default_stories
+    data: str = field(default_factory=default_stories)
     out_dir: str = "out/tiny"
     tokenizer: str | None = None  # a sentencepiece .model; None = train one on the train split
-    vocab_size: int = 512
+    model: ModelArgs = TINY  # the model trained; its max_seq_len is the window length
     val_fraction: float = 0.05
-    dim: int = 64
-    n_layers: int = 4
-    n_heads: int = 4  # few heads: at dim 64 attention over 256 positions costs more than the matmuls
-    n_kv_heads: int | None = 2
-    multiple_of: int = 4
-    max_seq_len: int = 256  # also the training window length
-    dropout: float = 0.0
-    # untied: with llama2.c's shared classifier, seed 1 sat ~80 steps on the unigram plateau (val 3.47
-    # at step 500 vs 2.96 untied): each token's own embedding first votes for repeating that token
-    tie_embeddings: bool = False
     batch_size: int = 8  # per process and micro-step
     grad_accum: int = 1
     max_steps: int = 500
@@ -65,31 +72,26 @@ class TrainConfig:
     eval_interval: int = 100  # evaluate and checkpoint every this many steps
     eval_windows: int = 256  # held-out windows per evaluation, the same each time (the sample has 191)
     stop_at_step: int | None = None  # stop early with a checkpoint; --resume continues the same schedule
-    resume: bool = False
+    resume: bool = False  # continue the checkpoint in out_dir
+    overwrite: bool = False  # replace the model in out_dir instead of refusing
     seed: int = 1337
     device: str = "cpu"
     threads: int = 1  # torch CPU threads per process; 0 = PyTorch's default (see `train`)
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "grad_accum", "max_steps", "eval_interval", "eval_windows", "vocab_size"):
+        for name in ("batch_size", "grad_accum", "max_steps", "eval_interval", "eval_windows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.warmup_steps < self.max_steps:
             raise ValueError(f"warmup_steps={self.warmup_steps} must be in [0, max_steps={self.max_steps})")
-
-    def model_args(self) -> ModelArgs:
-        """The ModelArgs this config trains."""
-        return ModelArgs(
-            dim=self.dim,
-            n_layers=self.n_layers,
-            n_heads=self.n_heads,
-            n_kv_heads=self.n_kv_heads,
-            vocab_size=self.vocab_size,
-            multiple_of=self.multiple_of,
-            max_seq_len=self.max_seq_len,
-            dropout=self.dropout,
-            tie_embeddings=self.tie_embeddings,
-        )
+        if self.seed not in SEED_RANGE:
+            raise ValueError(f"seed must be an integer in 0..2**64-1, got {self.seed}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0 = PyTorch's default), got {self.threads}")
+        if self.resume and self.overwrite:
+            raise ValueError(
+                "resume continues the checkpoint in out_dir and overwrite replaces it: choose one"
+            )
 
 
 @dataclass
@@ -203,9 +205,8 @@ def evaluate(
 
 def save_training_checkpoint(path: Path, state: dict) -> Path:
     """torch.save of tensors and plain containers only (loads with weights_only=True), written atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    with atomic_write(path) as f:
+        torch.save(state, f)
     return path
 
 
@@ -214,13 +215,7 @@ def load_training_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint to resume from at {path}; train without --resume first")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, random bytes, refused pickle: all mean "not resumable"
-        raise CheckpointError(
-            f"{path} is corrupt or not a training checkpoint ({type(exc).__name__}: {str(exc)[:200]}); "
-            "delete it to start over"
-        ) from None
+    state = load_torch_file(path)
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(f"{path} is not a llama2_et training checkpoint: missing {missing}")
@@ -276,7 +271,8 @@ def plot_losses(history: dict, path: str | Path, entropy: float | None = None) -
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png")
     return Path(path)
 
 
@@ -297,6 +293,34 @@ def check_vocab(prepared: PreparedData, vocab_size: int) -> None:
             )
 
 
+def check_device(device: str) -> torch.device:
+    """The torch.device of a --device string, or a ValueError if this PyTorch cannot use it."""
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device {device!r} is not a device name; use cpu or cuda (cuda:N)") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else "built with CUDA but sees no GPU"
+        raise ValueError(
+            f"device {device!r}: this PyTorch ({torch.__version__}) is {build}; use --device cpu"
+        )
+    if parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}: training runs on cpu or cuda")
+    return parsed
+
+
+def check_out_dir(cfg: TrainConfig) -> Path:
+    """cfg.out_dir, if it can be written and holds no model that this run would silently replace."""
+    out_dir = check_output_dir(cfg.out_dir)
+    trained = [name for name in ("ckpt.pt", "model.bin") if (out_dir / name).exists()]
+    if trained and not (cfg.resume or cfg.overwrite):
+        raise ValueError(
+            f"{out_dir} already holds a trained model ({', '.join(trained)}); pass --resume to continue "
+            "training it, --overwrite to replace it, or choose another --out-dir"
+        )
+    return out_dir
+
+
 def train(cfg: TrainConfig, progress: bool = True) -> TrainResult | None:
     """Run (or resume) training; rank 0 returns the TrainResult, other ranks None.
 
@@ -304,6 +328,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult | None:
     machine makes threads spin-wait (10x slower measured on a shared 2-core box), and a fixed
     thread count keeps CPU results bit-identical across machines. Use torchrun for more cores.
     """
+    check_device(cfg.device)
+    check_out_dir(cfg)
     started, threads = time.perf_counter(), torch.get_num_threads()
     torch.set_num_threads(cfg.threads or threads)
     ctx = init_distributed(cfg.device)
@@ -318,7 +344,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult | None:
 def _train(cfg: TrainConfig, ctx: Distributed, progress: bool, started: float) -> TrainResult | None:
     out_dir = Path(cfg.out_dir)
     log = tqdm.write if ctx.is_main else (lambda _: None)
-    prepare = dict(vocab_size=cfg.vocab_size, tokenizer_model=cfg.tokenizer, val_fraction=cfg.val_fraction)
+    args = cfg.model
+    prepare = dict(vocab_size=args.vocab_size, tokenizer_model=cfg.tokenizer, val_fraction=cfg.val_fraction)
     problem = None
     if ctx.is_main:  # the others wait, then find the prepared data in the manifest
         try:
@@ -330,20 +357,19 @@ def _train(cfg: TrainConfig, ctx: Distributed, progress: bool, started: float) -
             f"rank 0 could not prepare the data in {out_dir / 'data'}; see its error"
         )
     prepared = prepare_data(cfg.data, out_dir / "data", **prepare)
-    check_vocab(prepared, cfg.vocab_size)
-    train_batches = TokenBatches(prepared.train_shards, cfg.max_seq_len, cfg.batch_size, cfg.seed)
-    val_x, val_y = TokenBatches(prepared.val_shards, cfg.max_seq_len, cfg.batch_size).windows(
+    check_vocab(prepared, args.vocab_size)
+    train_batches = TokenBatches(prepared.train_shards, args.max_seq_len, cfg.batch_size, cfg.seed)
+    val_x, val_y = TokenBatches(prepared.val_shards, args.max_seq_len, cfg.batch_size).windows(
         cfg.eval_windows
     )
     entropy = unigram_entropy(np.concatenate([open_shard(s) for s in prepared.val_shards]))
     log(
         f"data: train {prepared.train_stories:,} stories / {prepared.train_tokens:,} tokens, "
         f"val {prepared.val_stories:,} stories / {prepared.val_tokens:,} tokens "
-        f"({len(val_x)} windows of {cfg.max_seq_len} per evaluation)"
+        f"({len(val_x)} windows of {args.max_seq_len} per evaluation)"
     )
     log(f"unigram entropy of the validation tokens: {entropy:.4f} nats/token")
 
-    args = cfg.model_args()
     torch.manual_seed(cfg.seed)  # the same initial weights in every process
     model = Transformer(args)
     init_weights(model)
@@ -358,11 +384,11 @@ def _train(cfg: TrainConfig, ctx: Distributed, progress: bool, started: float) -
     log(f"model: {param_count(args):,} parameters, {args}")
 
     preproc = Preproc.for_model(args).to(ctx.device)
-    cos, sin, mask = preproc.full(cfg.max_seq_len)
+    cos, sin, mask = preproc.full(args.max_seq_len)
     ddp = ctx.world_size > 1
     net = nn.parallel.DistributedDataParallel(model) if ddp else model
     stop = min(cfg.max_steps, cfg.stop_at_step or cfg.max_steps)
-    tokens_per_step = cfg.batch_size * cfg.max_seq_len * cfg.grad_accum * ctx.world_size
+    tokens_per_step = cfg.batch_size * args.max_seq_len * cfg.grad_accum * ctx.world_size
 
     def checkpoint() -> None:
         rng_states = [rng_state(ctx.device)]
@@ -427,19 +453,31 @@ def _train(cfg: TrainConfig, ctx: Distributed, progress: bool, started: float) -
     return TrainResult(checkpoint_path, llama2c_bin, plot, prepared, entropy, val_loss, seconds, history)
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One --flag per TrainConfig field, defaulting to the tiny preset."""
-    hints = get_type_hints(TrainConfig)
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kind = hints[f.name]
+def _add_flags(
+    parser: argparse.ArgumentParser, cls: type, defaults: object, skip: tuple[str, ...] = ()
+) -> None:
+    """One --flag per field of a dataclass, defaulting to the field's value in defaults."""
+    hints = get_type_hints(cls)
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        flag, default, kind = "--" + f.name.replace("_", "-"), getattr(defaults, f.name), hints[f.name]
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
         else:
             base = next(t for t in (int, float, str) if t == kind or t in getattr(kind, "__args__", ()))
-            parser.add_argument(flag, type=base, default=f.default, help=f"default: {f.default}")
+            parser.add_argument(flag, type=base, default=default, help=f"default: {default}")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One --flag per TrainConfig field and per ModelArgs field of its model, defaulting to the tiny preset."""
+    _add_flags(parser, TrainConfig, TrainConfig(), skip=("model",))
+    _add_flags(parser, ModelArgs, TINY)
 
 
 def config_from_arguments(args: argparse.Namespace) -> TrainConfig:
-    """The TrainConfig of parsed --flags."""
-    return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    """The TrainConfig of parsed --flags (a ValueError names a bad one)."""
+    model = ModelArgs(**{f.name: getattr(args, f.name) for f in fields(ModelArgs)})
+    return TrainConfig(
+        model=model, **{f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name != "model"}
+    )

@@ -83,7 +83,9 @@ class MatmulAttention(nn.Module):
         self.register_buffer("expand_k", pair_expansion(self.n_kv_heads, self.head_dim), persistent=False)
         self.kv_cache = MatmulKVCache(self.n_kv_heads, max_seq_len, self.head_dim)
 
-    def rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, expand: torch.Tensor) -> torch.Tensor:
+    def rope(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, expand: torch.Tensor
+    ) -> torch.Tensor:
         """Rotate the pairs of x (1, L, H*Dh) by cos/sin (L, Dh/2)."""
         swapped = F.linear(x.view(-1, self.head_dim), self.pair_swap).view(1, -1, x.shape[-1])
         return x * F.linear(cos, expand) + swapped * F.linear(sin, expand)

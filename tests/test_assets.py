@@ -1,5 +1,6 @@
 """Asset resolution: the LLAMA2_ET_DATA folder, and real downloads from a loopback HTTP server."""
 
+import dataclasses
 import hashlib
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -7,23 +8,30 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from llama2_et import assets
+from llama2_et.data import SAMPLE, read_stories, resolve_stories
+from llama2_et.train import TrainConfig
 
 PAYLOAD = bytes(range(256)) * 400
 
 
 class RangeHandler(BaseHTTPRequestHandler):
-    """Serves PAYLOAD, honouring 'Range: bytes=N-' like a real CDN; counts bytes sent."""
+    """Serves payload, honouring 'Range: bytes=N-' like a real CDN; counts bytes sent.
+
+    With `cut` set, it announces the whole body but sends only `cut` bytes, then hangs up.
+    """
 
     sent: list[int] = []
+    payload = PAYLOAD
+    cut: int | None = None
 
     def do_GET(self):
         start = int(self.headers.get("Range", "bytes=0-")[6:-1] or 0)
-        body = PAYLOAD[start:]
+        body = self.payload[start:]
+        self.sent.append(len(body))  # before sending: the client may finish before this thread resumes
         self.send_response(206 if start else 200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
-        self.sent.append(len(body))
+        self.wfile.write(body[: self.cut])
 
     def log_message(self, *args):
         pass
@@ -33,7 +41,7 @@ class RangeHandler(BaseHTTPRequestHandler):
 def server():
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    RangeHandler.sent = []
+    RangeHandler.sent, RangeHandler.payload, RangeHandler.cut = [], PAYLOAD, None
     yield f"http://127.0.0.1:{httpd.server_port}/file.bin"
     httpd.shutdown()
 
@@ -64,3 +72,34 @@ def test_data_folder_override(tmp_path, monkeypatch, data_dir):
         assets.resolve_checkpoint("stories260K")
     with pytest.raises(FileNotFoundError, match="neither an existing path nor a preset"):
         assets.resolve_checkpoint("stories1B")
+
+
+def test_a_cut_download_is_kept_for_resuming_and_never_becomes_the_file(tmp_path, server):
+    RangeHandler.cut = 5000
+    with pytest.raises(FileNotFoundError, match=f"stopped at 5,000 of {len(PAYLOAD):,} bytes; run again"):
+        assets.download(server, tmp_path / "file.bin")
+    assert not (tmp_path / "file.bin").exists() and (tmp_path / "file.bin.part").stat().st_size == 5000
+    RangeHandler.cut = None
+    assert assets.download(server, tmp_path / "file.bin").read_bytes() == PAYLOAD
+    assert RangeHandler.sent == [len(PAYLOAD), len(PAYLOAD) - 5000]
+
+
+def test_training_data_without_a_data_folder_is_the_published_tinystories_valid(
+    tmp_path, monkeypatch, server, data_dir
+):
+    assert TrainConfig().data == SAMPLE  # LLAMA2_ET_DATA holds the sample: tests and CI train on it
+    monkeypatch.delenv("LLAMA2_ET_DATA")
+    monkeypatch.setenv("LLAMA2_ET_CACHE", str(tmp_path / "cache"))
+    name = TrainConfig().data
+    asset = assets.ASSETS[name]
+    assert (
+        asset.url
+        == "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStories-valid.txt"
+    )
+    stories = "Spot ran to the park.\n<|endoftext|>\nLily found a red ball. She was happy.\n<|endoftext|>\n"
+    RangeHandler.payload = stories.encode()
+    monkeypatch.setitem(assets.ASSETS, name, dataclasses.replace(asset, url=server))  # the loopback "Hub"
+    path = resolve_stories(name)
+    assert path == tmp_path / "cache" / "TinyStories-valid.txt"
+    assert read_stories(path) == ["Spot ran to the park.", "Lily found a red ball. She was happy."]
+    assert resolve_stories(name) == path and RangeHandler.sent == [len(stories)]  # cached: fetched once

@@ -2,14 +2,21 @@
 
 import io
 import json
-import pickle
+import os
+import random
+import re
+import resource
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from llama2_et.checkpoint import (
     CheckpointError,
+    llama2c_bin_bytes,
     load_checkpoint,
     read_llama2c_bin,
     save_llama2c_bin,
@@ -23,14 +30,22 @@ from llama2_et.preproc import Preproc
 def logits(model, n=16):
     tokens = torch.arange(n)[None] % model.args.vocab_size
     with torch.no_grad():
-        return model(tokens, *Preproc(model.args).full(n))
+        return model(tokens, *Preproc.for_model(model.args).full(n))
+
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_stories260k_header(data_dir):
-    args, state = read_llama2c_bin(data_dir / "stories260K.bin")
-    assert (args.dim, args.ffn_hidden_dim, args.n_layers, args.n_heads, args.kv_heads) == (64, 172, 5, 8, 4)
-    assert (args.vocab_size, args.max_seq_len, args.tie_embeddings) == (512, 512, True)
+    path = data_dir / "stories260K.bin"
+    header = struct.unpack_from("7i", path.read_bytes())
+    args, state = read_llama2c_bin(path)
+    assert (args.dim, args.ffn_hidden_dim, args.n_layers, args.n_heads, args.kv_heads) == header[:5]
+    assert (args.vocab_size, args.max_seq_len, args.tie_embeddings) == (header[5], header[6], header[5] > 0)
     assert "output.weight" not in state
+    assert llama2c_bin_bytes(args) == path.stat().st_size  # the size formula, on the real file
+    freqs = 2 * args.max_seq_len * args.head_dim // 2  # the stored RoPE tables, which we drop
+    assert 28 + 4 * (sum(t.numel() for t in state.values()) + freqs) == path.stat().st_size
 
 
 def test_resaved_bin_is_byte_identical_to_karpathys(tmp_path, data_dir, stories260k):
@@ -50,10 +65,11 @@ def test_untied_classifier_round_trip(tmp_path, stories260k):
     assert torch.equal(logits(again), logits(untied))
 
 
-def test_meta_round_trip(tmp_path, stories260k):
+def test_meta_round_trip(tmp_path, data_dir, stories260k):
     folder = save_meta(stories260k, tmp_path / "meta")
     params = json.loads((folder / "params.json").read_text())
-    assert params["hidden_dim"] == 172 and params["n_kv_heads"] == 4
+    header = struct.unpack_from("7i", (data_dir / "stories260K.bin").read_bytes())
+    assert (params["hidden_dim"], params["n_kv_heads"]) == (header[1], header[4])  # as llama2.c's header
     assert torch.equal(logits(load_checkpoint(folder)), logits(stories260k))
     assert torch.equal(logits(load_checkpoint(folder / "consolidated.00.pth")), logits(stories260k))
 
@@ -82,7 +98,9 @@ def test_llama2c_train_pt_with_compiled_prefixes(tmp_path, stories260k):
 def test_truncated_bin_names_the_sizes(tmp_path, data_dir):
     data = (data_dir / "stories260K.bin").read_bytes()
     (tmp_path / "cut.bin").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="truncated.*1,056,540 bytes but the file has 528,270"):
+    with pytest.raises(
+        CheckpointError, match=f"truncated.*{len(data):,} bytes but the file has {len(data) // 2:,}"
+    ):
         load_checkpoint(tmp_path / "cut.bin")
     (tmp_path / "tiny.bin").write_bytes(data[:10])
     with pytest.raises(CheckpointError, match="too short"):
@@ -113,7 +131,10 @@ def test_pt_with_executable_pickle_is_refused(tmp_path, capsys):
     with pytest.raises(CheckpointError, match="arbitrary code"):
         load_checkpoint(tmp_path / "evil.pt")
     assert "this ran" not in capsys.readouterr().out
-    assert pickle  # the payload above is a real pickle reduce hook
+    for seed in range(20):  # refused too, but called corrupt, not unsafe
+        (tmp_path / "noise.pt").write_bytes(random.Random(seed).randbytes(3000))
+        with pytest.raises(CheckpointError, match="noise.pt is corrupt or not a PyTorch checkpoint"):
+            load_checkpoint(tmp_path / "noise.pt")
 
 
 def test_wrong_shapes_and_formats(tmp_path, stories260k):
@@ -127,3 +148,89 @@ def test_wrong_shapes_and_formats(tmp_path, stories260k):
     (tmp_path / "x.gguf").write_bytes(b"GGUF")
     with pytest.raises(CheckpointError, match="unknown checkpoint type"):
         load_checkpoint(tmp_path / "x.gguf")
+
+
+def limited_cli(*args, memory=2 << 30):
+    """python -m llama2_et ... in a process whose address space is capped (a runaway allocation dies)."""
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "llama2_et", *args], capture_output=True, text=True, env=env, preexec_fn=cap
+    )
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        (2, 10**9, r"header \(.*n_layers=1000000000.*\) implies [\d,]+ bytes but the file has 1,056,540"),
+        (3, -8, "not start with a valid llama2.c header .*n_heads=-8.*n_heads must be positive"),
+        (0, 0, "dim must be positive"),
+    ],
+)
+def test_hostile_header_is_an_error_not_an_allocation(tmp_path, data_dir, field, value, message):
+    data = bytearray((data_dir / "stories260K.bin").read_bytes())
+    struct.pack_into("i", data, 4 * field, value)
+    (tmp_path / "bad.bin").write_bytes(data)
+    r = limited_cli("info", "--checkpoint", str(tmp_path / "bad.bin"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith("error: ")
+    assert re.search(message, r.stderr), r.stderr
+
+
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path, data_dir, stories260k):
+    data = bytearray((data_dir / "stories260K.bin").read_bytes())
+    data[28:] = struct.pack("<f", float("nan")) * ((len(data) - 28) // 4)  # an all-NaN checkpoint
+    (tmp_path / "nan.bin").write_bytes(data)
+    with pytest.raises(CheckpointError, match=r"tensor tok_embeddings.weight has 32,768 NaN"):
+        load_checkpoint(tmp_path / "nan.bin")
+    one = {k: v.clone() for k, v in stories260k.state_dict().items()}
+    one["layers.3.feed_forward.w2.weight"][5, 7] = float("inf")
+    torch.save({"model_args": stories260k.args.to_dict(), "model": one}, tmp_path / "inf.pt")
+    with pytest.raises(CheckpointError, match=r"inf.pt: tensor layers.3.feed_forward.w2.weight has 1 NaN"):
+        load_checkpoint(tmp_path / "inf.pt")
+
+
+def test_malformed_meta_files_name_the_file_and_the_problem(tmp_path, stories260k):
+    folder = save_meta(stories260k, tmp_path / "meta")
+    params_file, weights = folder / "params.json", folder / "consolidated.00.pth"
+    params = json.loads(params_file.read_text())
+    params_file.write_text(json.dumps(params | {"dim": "64"}))
+    with pytest.raises(
+        CheckpointError, match=r"params.json: bad hyper-parameter: dim must be an integer, got '64'"
+    ):
+        load_checkpoint(folder)
+    params_file.write_text(json.dumps(params)[:-5])
+    with pytest.raises(CheckpointError, match=r"meta/params.json is not valid JSON \(.*line 1"):
+        load_checkpoint(folder)
+    params_file.write_text(json.dumps(params))
+    state = torch.load(weights, weights_only=True)
+    torch.save({k: v for k, v in state.items() if k != "tok_embeddings.weight"}, weights)
+    with pytest.raises(CheckpointError, match="consolidated.00.pth has no tensor 'tok_embeddings.weight'"):
+        load_checkpoint(folder)
+    torch.save(state["norm.weight"], weights)
+    with pytest.raises(CheckpointError, match="consolidated.00.pth holds Tensor, not a state dict"):
+        load_checkpoint(folder)
+
+
+def test_malformed_pt_and_hf_files_name_the_problem(tmp_path, stories260k):
+    torch.save({"model_args": [64, 5], "model": stories260k.state_dict()}, tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match="list.pt: model_args is a list, not a dict"):
+        load_checkpoint(tmp_path / "list.pt")
+    torch.save({"model_args": stories260k.args.to_dict(), "model": [1, 2]}, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=r"bad.pt\['model'\] holds list, not a state dict"):
+        load_checkpoint(tmp_path / "bad.pt")
+    state, config = to_hf(stories260k)
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "hidden_size"}))
+    with pytest.raises(
+        CheckpointError, match="config.json has no hidden_size: it is not a Llama config.json"
+    ):
+        load_checkpoint(hf)
+    (hf / "config.json").write_text(json.dumps(config))
+    (hf / "model.safetensors").write_bytes(b"not a safetensors file at all")
+    with pytest.raises(CheckpointError, match="model.safetensors is not a readable safetensors file"):
+        load_checkpoint(hf)

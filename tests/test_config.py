@@ -33,4 +33,18 @@ def test_invalid_args_are_refused():
         ModelArgs(dim=64, n_heads=8, n_kv_heads=3)
     with pytest.raises(ValueError, match="n_heads"):
         ModelArgs(dim=60, n_heads=8)
+    with pytest.raises(ValueError, match="n_heads must be positive, got 0"):  # not a ZeroDivisionError
+        ModelArgs(n_heads=0)
+    with pytest.raises(ValueError, match="n_heads must be positive, got -8"):
+        ModelArgs(dim=64, n_heads=-8)
+    with pytest.raises(
+        ValueError, match=r"dim must be an integer, got '64' \(str\)"
+    ):  # e.g. from a JSON file
+        ModelArgs(dim="64")
+    with pytest.raises(ValueError, match="rope_theta must be positive, got nan"):
+        ModelArgs(rope_theta=float("nan"))
+    with pytest.raises(ValueError, match="max_seq_len must be positive, got 0"):
+        ModelArgs(max_seq_len=0)
+    with pytest.raises(ValueError, match="tie_embeddings must be true or false"):
+        ModelArgs(tie_embeddings="yes")
     assert set(PRESETS) >= {"stories260K", "stories15M", "stories42M", "stories110M", "llama2-7B"}

@@ -1,8 +1,11 @@
 """TinyStories data: reading both published formats, the split, the tokenizer, shards and batches."""
 
+import dataclasses
 import json
 import math
+import struct
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +13,7 @@ import torch
 from sentencepiece import SentencePieceProcessor
 from sentencepiece import sentencepiece_model_pb2 as spm_pb2
 
-from llama2_et import data
+from llama2_et import assets, data
 from llama2_et.data import (
     SAMPLE,
     TokenBatches,
@@ -120,13 +123,23 @@ def test_unigram_entropy_matches_the_definition():
     assert unigram_entropy(np.arange(256).repeat(3)) == pytest.approx(math.log(256))
 
 
+def llama2c_tokenizer_scores(path: str) -> list[float]:
+    """The scores of a llama2.c tokenizer.bin, parsed by its format: max length, then (score, length, bytes)."""
+    data, offset, scores = Path(path).read_bytes(), 4, []
+    while offset < len(data):
+        score, length = struct.unpack_from("fI", data, offset)
+        scores.append(score)
+        offset += 8 + length
+    assert offset == len(data)
+    return scores
+
+
 def test_prepare_data_splits_tokenizes_and_reuses(tmp_path, data_dir):
     prepared = prepare_data(data_dir / SAMPLE, tmp_path, vocab_size=512)
     assert (prepared.train_stories, prepared.val_stories) == (2200, 116)
-    assert (
-        prepared.tokenizer_bin is not None
-        and SentencePieceProcessor(model_file=prepared.tokenizer_model).vocab_size() == 512
-    )
+    sp = SentencePieceProcessor(model_file=prepared.tokenizer_model)
+    assert sp.vocab_size() == 512
+    assert llama2c_tokenizer_scores(prepared.tokenizer_bin) == [sp.GetScore(i) for i in range(512)]
     train_tokens = np.concatenate([open_shard(p) for p in prepared.train_shards])
     assert len(train_tokens) == prepared.train_tokens and (train_tokens == 1).sum() == 2200  # one BOS each
     stamp = [open(p, "rb").read() for p in prepared.train_shards]
@@ -157,15 +170,41 @@ def test_missing_and_empty_data_get_clear_errors(tmp_path, monkeypatch):
 
 def test_published_files_resolve_locally_or_say_where_to_put_them(tmp_path, monkeypatch):
     monkeypatch.setenv("LLAMA2_ET_DATA", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match=f"put TinyStories-valid.txt in {tmp_path}"):
+    with pytest.raises(FileNotFoundError, match=f"LLAMA2_ET_DATA={tmp_path} must hold TinyStories-valid.txt"):
         resolve_stories("TinyStories-valid.txt")
     (tmp_path / "TinyStories-valid.txt").write_text("A story.\n<|endoftext|>\n")
     assert read_stories(resolve_stories("TinyStories-valid.txt")) == ["A story."]
     # offline and nothing cached: the error names the URL and the folder to put the file in
     monkeypatch.delenv("LLAMA2_ET_DATA")
     monkeypatch.setenv("LLAMA2_ET_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(data, "HF_TINYSTORIES", "http://127.0.0.1:9/datasets/roneneldan/TinyStories")
+    offline = dataclasses.replace(assets.ASSETS["TinyStories-train.txt"], url="http://127.0.0.1:9/x.txt")
+    monkeypatch.setitem(assets.ASSETS, "TinyStories-train.txt", offline)
     with pytest.raises(FileNotFoundError, match="could not download .*TinyStories-train.txt"):
         resolve_stories("TinyStories-train.txt")
     with pytest.raises(FileNotFoundError, match="LLAMA2_ET_DATA, which is not set"):
         resolve_stories(SAMPLE)
+
+
+def test_non_utf8_text_names_the_file_and_the_byte(tmp_path):
+    good = b"Once upon a time.\n<|endoftext|>\nTom was happy.\n"
+    (tmp_path / "latin1.txt").write_bytes(good + "Zoë".encode("latin1"))
+    with pytest.raises(ValueError, match=f"latin1.txt is not UTF-8 text: byte {len(good) + 2} is 0xeb"):
+        read_stories(tmp_path / "latin1.txt")
+
+
+def test_an_interrupted_prepare_never_leaves_a_manifest_without_its_shards(tmp_path, data_dir, monkeypatch):
+    stories = tmp_path / "stories.txt"
+    stories.write_text("".join(f"{s}\n<|endoftext|>\n" for s in read_stories(data_dir / SAMPLE)[:60]))
+    tokenizer = data_dir / "tok512.model"
+    prepared = prepare_data(stories, tmp_path / "out", tokenizer_model=tokenizer, val_fraction=0.1)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data, "pretokenize", interrupted)
+    with pytest.raises(KeyboardInterrupt):  # another split: the old shards are deleted, then it stops
+        prepare_data(stories, tmp_path / "out", tokenizer_model=tokenizer, val_fraction=0.2)
+    monkeypatch.undo()
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    again = prepare_data(stories, tmp_path / "out", tokenizer_model=tokenizer, val_fraction=0.1)
+    assert again == prepared and all(open_shard(p).size for p in again.train_shards)

@@ -4,6 +4,7 @@ import dataclasses
 import functools
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,17 +35,15 @@ def stories_file(data_dir, tmp_path_factory):
 def tiny(tmp_path, stories_file, data_dir):
     """A config of a few steps on a 2-layer model (GQA: 2 query heads, 1 key/value head)."""
 
-    def make(name: str, **changes) -> TrainConfig:
+    def make(name: str, model: dict | None = None, **changes) -> TrainConfig:
+        args = ModelArgs(
+            dim=16, n_layers=2, n_heads=2, n_kv_heads=1, vocab_size=512, multiple_of=8, max_seq_len=32
+        )
         cfg = TrainConfig(
             data=str(stories_file),
             out_dir=str(tmp_path / name),
             tokenizer=str(data_dir / "tok512.model"),
-            dim=16,
-            n_layers=2,
-            n_heads=2,
-            n_kv_heads=1,
-            multiple_of=8,
-            max_seq_len=32,
+            model=args.replace(**(model or {})),
             batch_size=4,
             max_steps=6,
             warmup_steps=2,
@@ -59,10 +58,12 @@ def tiny(tmp_path, stories_file, data_dir):
 
 
 def flags(cfg: TrainConfig) -> list[str]:
-    """The command-line flags that give this config."""
+    """The command-line flags that give this config (its model's fields are flags too)."""
     out = []
-    for f in dataclasses.fields(cfg):
-        value, flag = getattr(cfg, f.name), "--" + f.name.replace("_", "-")
+    for obj, f in [(cfg.model, f) for f in dataclasses.fields(cfg.model)] + [
+        (cfg, f) for f in dataclasses.fields(cfg) if f.name != "model"
+    ]:
+        value, flag = getattr(obj, f.name), "--" + f.name.replace("_", "-")
         if isinstance(value, bool):
             out.append(flag if value else "--no-" + flag[2:])
         elif value is not None:
@@ -101,14 +102,14 @@ def test_initial_loss_is_uniform_over_the_vocabulary():
     init_weights(model)
     tokens = torch.randint(0, 512, (4, 65))
     with torch.no_grad():
-        logits = model(tokens[:, :-1], *Preproc(args).full(64))
+        logits = model(tokens[:, :-1], *Preproc.for_model(args).full(64))
     loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
     assert loss.item() == pytest.approx(math.log(512), abs=0.05)
 
 
 def test_resume_continues_the_uninterrupted_run_exactly(tiny, capsys):
     """With dropout on, so the restored RNG state matters too."""
-    tiny = functools.partial(tiny, dropout=0.1)
+    tiny = functools.partial(tiny, model={"dropout": 0.1})
     assert main(["train", *flags(tiny("straight"))]) == 0  # the CLI: trains, reloads model.bin, samples
     out = capsys.readouterr().out
     assert "greedy sample from" in out and "Once upon a time" in out
@@ -131,15 +132,28 @@ def test_resume_continues_the_uninterrupted_run_exactly(tiny, capsys):
     from_bin = load_checkpoint(second.llama2c_bin)
     tokens = torch.arange(32)[None] * 7 % 512
     with torch.no_grad():
-        expected = model(tokens, *Preproc(model.args).full(32))
-        assert torch.equal(from_bin(tokens, *Preproc(from_bin.args).full(32)), expected)
+        expected = model(tokens, *Preproc.for_model(model.args).full(32))
+        assert torch.equal(from_bin(tokens, *Preproc.for_model(from_bin.args).full(32)), expected)
     assert second.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # a run without --resume never silently replaces a trained model; --overwrite does, on purpose
+    kept = Path(second.checkpoint).read_bytes(), Path(second.llama2c_bin).read_bytes()
+    with pytest.raises(
+        ValueError, match=r"already holds a trained model \(ckpt.pt, model.bin\); pass --resume"
+    ):
+        train(tiny("resumed"), progress=False)
+    assert (Path(second.checkpoint).read_bytes(), Path(second.llama2c_bin).read_bytes()) == kept
+    replaced = train(tiny("resumed", overwrite=True, stop_at_step=1), progress=False)
+    assert torch.load(replaced.checkpoint, weights_only=True)["iter_num"] == 1
+
     with pytest.raises(ValueError, match="other model settings: ModelArgs"):
-        train(tiny("resumed", resume=True, dim=32), progress=False)
+        train(tiny("resumed", resume=True, model={"dropout": 0.1, "dim": 32}), progress=False)
     # a new 400-piece tokenizer (trained on the same stories) cannot continue a 512-token model
     with pytest.raises(ValueError, match="vocab_size 512 vs 400 \\(tokenizer/model mismatch\\)"):
-        train(tiny("resumed", resume=True, tokenizer=None, vocab_size=400), progress=False)
+        train(
+            tiny("resumed", resume=True, tokenizer=None, model={"dropout": 0.1, "vocab_size": 400}),
+            progress=False,
+        )
 
 
 def test_torchrun_two_processes_equal_one_process_accumulating_two(tiny):
@@ -196,7 +210,7 @@ def test_corrupt_or_missing_checkpoint_errors_say_so(tiny, tmp_path):
 
 def test_vocab_mismatch_and_bad_data_get_clear_errors(tiny, tmp_path, capsys):
     with pytest.raises(ValueError, match="has 512 pieces but the model's vocab_size is 256"):
-        train(tiny("vocab", vocab_size=256), progress=False)
+        train(tiny("vocab", model={"vocab_size": 256}), progress=False)
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     with pytest.raises(ValueError, match="no stories in .*empty.txt"):
@@ -206,3 +220,40 @@ def test_vocab_mismatch_and_bad_data_get_clear_errors(tiny, tmp_path, capsys):
     assert err.splitlines()[-1].startswith("error: stories") and "missing.txt" in err
     with pytest.raises(ValueError, match="warmup_steps=10 must be in"):
         TrainConfig(max_steps=10, warmup_steps=10)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--max-seq-len", "0"], "max_seq_len must be positive, got 0"),
+        (["--max-seq-len", "-8"], "max_seq_len must be positive, got -8"),
+        (["--seed", str(10**23)], "seed must be an integer in 0..2\\*\\*64-1, got 1000"),
+        (["--seed", "-1"], "seed must be an integer in 0..2\\*\\*64-1, got -1"),
+        (
+            ["--device", "cuda"],
+            "device 'cuda': this PyTorch .* (is a CPU-only build|sees no GPU); use --device cpu",
+        ),
+        (["--device", "gpu0"], "device 'gpu0' is not a device name; use cpu or cuda"),
+        (["--resume", "--overwrite"], "resume continues the checkpoint in out_dir and overwrite replaces it"),
+    ],
+)
+def test_bad_train_flags_are_one_line_errors(tmp_path, capsys, extra, message):
+    if extra[:2] == ["--device", "cuda"] and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: --device cuda is valid here")
+    assert main(["train", "--out-dir", str(tmp_path / "out"), *extra]) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and re.match(f"error: {message}", err), err
+    assert not (tmp_path / "out").exists()  # refused before preparing any data
+
+
+def test_train_out_dir_that_is_a_file_and_non_utf8_stories(tmp_path, capsys, tiny):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    assert main(["train", "--out-dir", str(a_file)]) == 1
+    assert (
+        capsys.readouterr().err == f"error: {a_file} is a file, not a folder; choose another output folder\n"
+    )
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("Once upon a time, Zoë sang.\n<|endoftext|>\n".encode("latin1"))
+    with pytest.raises(ValueError, match=f"{latin1} is not UTF-8 text: byte 20 is 0xeb"):
+        train(tiny("latin1", data=str(latin1)), progress=False)
