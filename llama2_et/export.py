@@ -139,6 +139,7 @@ def export_pte(
     """Export model to a .pte file and report what was delegated, the size and the time taken."""
     from executorch.devtools.backend_debug import get_delegation_info
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
 
     entry = backend_entry(backend)
     contract.check_design(design)
@@ -158,7 +159,10 @@ def export_pte(
     graph = edge.exported_program().graph_module
     info = get_delegation_info(graph)
     portable = _portable_ops(graph)
-    et_program = edge.to_executorch(ExecutorchBackendConfig(run_reinplace_pass=True))
+    # A mutated buffer's initial content is unspecified unless the program carries it: serialize
+    # the caches' zeros, so the first call reads zeros (not arena garbage, which 0 * NaN would leak)
+    zeroed_cache = InitializedMutableBufferPass(["k_cache", "v_cache"])
+    et_program = edge.to_executorch(ExecutorchBackendConfig(passes=[zeroed_cache], run_reinplace_pass=True))
     atomic_write_bytes(out_path, et_program.buffer)  # a failed write leaves the previous file as it was
     return ExportReport(
         path=out_path,

@@ -187,3 +187,40 @@ def test_cli_export_then_run_prints_the_eager_text(one_layer, tok512, tmp_path, 
     assert capsys.readouterr().out == expected + "\n"
     assert main(["run", "--pte", str(tmp_path / "nope.pte"), *sampling]) == 1
     assert "nope.pte" in capsys.readouterr().err
+
+
+def test_failed_write_leaves_the_previous_program_untouched(exported, one_layer, tmp_path, monkeypatch):
+    """A full disk at the end of an export (simulated: fsync fails with ENOSPC) keeps the old .pte as it was."""
+    import errno
+    import os
+
+    target = tmp_path / "kept.pte"
+    target.write_bytes(exported["portable"].path.read_bytes())
+    before = target.read_bytes()
+
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left on device"):
+        export_pte(one_layer, target, "gather", "xnnpack", max_seq_len=CONTEXT)
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["kept.pte"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("name", ["xnnpack", "portable"])
+def test_kv_cache_starts_as_zeros_stored_in_the_program(exported, one_layer, name):
+    """Each cache buffer is memory-planned (mutable state) and carries its initial zeros in the .pte."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    program = deserialize_pte_binary(exported[name].path.read_bytes())
+    program = getattr(program, "program", program)
+    tensors = [v.val for v in program.execution_plan[0].values if type(v.val).__name__ == "Tensor"]
+    initialized = [t for t in tensors if t.allocation_info is not None and t.data_buffer_idx > 0]
+    args = one_layer.args
+    cache_values = args.kv_heads * CONTEXT * args.head_dim
+    assert len(initialized) == 2 * args.n_layers  # k_cache and v_cache of every layer
+    for t in initialized:
+        assert torch.Size(t.sizes).numel() == cache_values
+        data = program.constant_buffer[t.data_buffer_idx].storage
+        assert len(data) == 4 * cache_values and not any(data)
