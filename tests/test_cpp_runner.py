@@ -6,6 +6,7 @@ in both program designs.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -16,8 +17,10 @@ import torch
 from executorch.exir import to_edge_transform_and_lower
 
 from conftest import PTE_CONTEXT as CONTEXT  # max_seq_len of the exported programs
+from llama2_et import contract
 from llama2_et.checkpoint import load_checkpoint
-from llama2_et.cpp import build_runner
+from llama2_et.cpp import SOURCE_DIR, build_runner
+from llama2_et.export import export_pte
 from llama2_et.generate import EagerDecoder, Sampler, generate, generate_text
 from llama2_et.tokenizer import Tokenizer
 
@@ -80,6 +83,59 @@ def test_tiny_top_p_is_greedy_and_seed_repeats(runner, ptes, data_dir):
     ]
     assert sampled[0] == sampled[1]
     assert sampled[0].startswith(PROMPTS[0])
+
+
+def header_constants() -> dict:
+    """contract.h's constants by contract.py's name (kMaxSeqLen -> MAX_SEQ_LEN): strings, ints, lists."""
+    header = (SOURCE_DIR / "contract.h").read_text()
+    found = {}
+    for name, value in re.findall(r"constexpr const char\* (k\w+) = \"([^\"]*)\";", header):
+        found[name] = value
+    for name, value in re.findall(r"constexpr int64_t (k\w+) = (\d+);", header):
+        found[name] = int(value)
+    for name, items in re.findall(r"constexpr [\w ]+\*? (k\w+)\[\] = \{([^}]*)\};", header):
+        found[name] = [found.get(i, i.strip('"')) for i in re.findall(r'"[^"]*"|k\w+', items)]
+    return {re.sub(r"(?<!^)(?=[A-Z])", "_", name[1:]).upper(): value for name, value in found.items()}
+
+
+def test_contract_header_equals_contract_module():
+    header = header_constants()
+    metadata_names = {
+        k: v
+        for k, v in vars(contract).items()
+        if k.isupper() and isinstance(v, str) and k != "DEFAULT_DESIGN"
+    }
+    assert {k: v for k, v in header.items() if isinstance(v, str)} == metadata_names
+    assert (header["BOS_ID"], header["EOS_ID"], header["STOP_IDS"]) == (
+        contract.BOS_ID,
+        contract.EOS_ID,
+        list(contract.STOP_IDS),
+    )
+    for design, signature in (("POSITIONS", contract.POSITIONS_INPUTS), ("PREPROC", contract.PREPROC_INPUTS)):
+        assert (header[f"{design}_NAMES"], header[f"{design}_DTYPES"]) == (
+            list(signature.names),
+            list(signature.dtypes),
+        )
+    assert {contract.signature_of(len(header[f"{d}_NAMES"])) for d in ("POSITIONS", "PREPROC")} == {
+        contract.POSITIONS_INPUTS,
+        contract.PREPROC_INPUTS,
+    }
+
+
+def test_runner_stops_at_the_programs_eos_ids(runner, stories260k, data_dir, tmp_path):
+    """A .pte whose EOS is a token greedy decoding emits mid-story ends the text exactly there."""
+    ids, _ = eager_greedy(data_dir, PROMPTS[0], STEPS)
+    n_prompt = len(Tokenizer(data_dir / "tok512.model").encode(PROMPTS[0]))
+    new = ids[n_prompt:]
+    step = next(k for k in range(10, len(new)) if new[k] not in new[:k])  # its first appearance
+    eos = new[step]
+    pte = export_pte(
+        stories260k, tmp_path / "eos.pte", "positions", "xnnpack", max_seq_len=CONTEXT, eos_ids=(eos,)
+    )
+    common = ["--model", pte.path, "--tokenizer", data_dir / "tok512.bin", "--prompt", PROMPTS[0]]
+    result = run(runner, *common, "--steps", STEPS, "--print-tokens")
+    assert result.returncode == 0, result.stderr
+    assert [int(t) for t in result.stdout.split()] == ids[: n_prompt + step]
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@
 // dynamic), then decode feeds one token per call; the KV cache lives inside the program.
 // Text streams to stdout, prompt first, as llama2.c's run.c prints it; speeds go to stderr.
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
@@ -27,7 +28,8 @@ constexpr const char* kUsage =
     "  --model         a .pte from `python -m llama2_et export` (positions or preproc design)\n"
     "  --tokenizer     a llama2.c tokenizer.bin (e.g. tok512.bin for stories260K)\n"
     "  --prompt        text to continue (default: empty, i.e. start from BOS)\n"
-    "  --steps         new tokens to generate at most (default 128); stops early at EOS or BOS\n"
+    "  --steps         new tokens to generate at most (default 128); stops early at the\n"
+    "                  program's EOS ids (get_eos_ids; without it at EOS or BOS)\n"
     "  --temperature   0 = greedy argmax (default 0)\n"
     "  --top-p         nucleus sampling threshold in (0, 1]; 1 = off (default 1)\n"
     "  --seed          random seed for sampling (default: the current time)\n"
@@ -132,14 +134,15 @@ void emit_prompt(const Options& options, const Tokenizer& tokenizer, const std::
 }
 
 int run(const Options& options) {
-  const Tokenizer tokenizer(options.tokenizer);
   if (options.model.empty()) {  // encode only
+    const Tokenizer tokenizer(options.tokenizer);
     emit_prompt(options, tokenizer, tokenizer.encode(options.prompt));
     std::fputs("\n", stdout);
     return 0;
   }
   const auto load_start = std::chrono::steady_clock::now();
   Program program(options.model);
+  const Tokenizer tokenizer(options.tokenizer, program.bos_id());
   const char* design = program.design() == Design::kPositions ? "positions" : "preproc";
   std::fprintf(stderr, "load: %s (%s design) in %.2f ms\n", options.model.c_str(), design,
                seconds_since(load_start) * 1e3);
@@ -173,7 +176,8 @@ int run(const Options& options) {
       ++decoded;
     }
     const int64_t next = sampler.sample(logits);
-    if (next == kEosId || next == kBosId) break;  // llama2.c stops at BOS as well
+    const auto& stop = program.stop_ids();
+    if (std::find(stop.begin(), stop.end(), next) != stop.end()) break;
     emit(options, tokenizer, tokens.back(), next);
     tokens.push_back(next);
   }

@@ -24,7 +24,7 @@ int parse_byte_piece(const std::string& piece) {
 
 }  // namespace
 
-Tokenizer::Tokenizer(const std::string& path) {
+Tokenizer::Tokenizer(const std::string& path, int64_t bos_id) : bos_id_(bos_id) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw std::runtime_error("cannot open tokenizer file " + path);
   const std::string bad = "tokenizer file " + path + " is not a llama2.c tokenizer.bin";
@@ -47,7 +47,7 @@ Tokenizer::Tokenizer(const std::string& path) {
     scores_.push_back(score);
   }
   if (in.gcount() != 0) throw std::runtime_error(bad + " (trailing bytes)");
-  if (vocab_size() <= kEosId) throw std::runtime_error(bad + " (fewer than 3 pieces)");
+  if (vocab_size() <= contract::kEosId) throw std::runtime_error(bad + " (fewer than 3 pieces)");
   std::fill(std::begin(byte_ids_), std::end(byte_ids_), -1);
   byte_of_.assign(pieces_.size(), -1);
   for (size_t id = 0; id < pieces_.size(); ++id) {
@@ -65,7 +65,7 @@ int64_t Tokenizer::lookup(const std::string& piece) const {
 }
 
 std::vector<int64_t> Tokenizer::encode(const std::string& text) const {
-  std::vector<int64_t> tokens = {kBosId};
+  std::vector<int64_t> tokens = {bos_id_};
   if (text.empty()) return tokens;
   // sentencepiece's "add dummy prefix": the text is read as if it started with a space.
   const int64_t space = lookup(" ");
@@ -113,6 +113,6 @@ std::string Tokenizer::decode(int64_t prev, int64_t token) const {
   if (token < 0 || token >= vocab_size()) return "";
   if (byte_of_[token] >= 0) return std::string(1, static_cast<char>(byte_of_[token]));
   const std::string& piece = pieces_[token];
-  if (prev == kBosId && !piece.empty() && piece[0] == ' ') return piece.substr(1);
+  if (prev == bos_id_ && !piece.empty() && piece[0] == ' ') return piece.substr(1);
   return piece;
 }

@@ -6,14 +6,14 @@
 #include <unordered_map>
 #include <vector>
 
-constexpr int64_t kBosId = 1;
-constexpr int64_t kEosId = 2;
+#include "contract.h"
 
 class Tokenizer {
  public:
   // Reads tokenizer.bin: uint32 max_token_length, then per piece float32 score, int32 length,
   // bytes. Throws std::runtime_error naming the file if it is missing or malformed.
-  explicit Tokenizer(const std::string& path);
+  // bos_id: the id encode starts with (the program's get_bos_id).
+  explicit Tokenizer(const std::string& path, int64_t bos_id = contract::kBosId);
 
   // BOS, then a leading space piece, then UTF-8 characters (bytes as <0xXX> pieces when a
   // character has no piece), merged pairwise by highest score until no pair is in the vocabulary.
@@ -32,4 +32,5 @@ class Tokenizer {
   std::unordered_map<std::string, int64_t> ids_;
   int64_t byte_ids_[256];                 // id of the <0xXX> piece for each byte, -1 if absent
   std::vector<int> byte_of_;              // byte value of a <0xXX> piece, -1 for other pieces
+  int64_t bos_id_;
 };
