@@ -6,11 +6,13 @@ in both program designs.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import sys
 from functools import cache
+from pathlib import Path
 
 import pytest
 import torch
@@ -224,6 +226,33 @@ def test_missing_cmake_or_compiler_is_a_clear_error(tmp_path, monkeypatch):
     (tmp_path / "cmake").symlink_to(cmake)
     with pytest.raises(RuntimeError, match="no C\\+\\+ compiler found"):
         build_runner(tmp_path / "build")
+
+
+def read_only_folder(tmp_path) -> Path:
+    """A folder this process cannot write: mode 555, or sysfs for root, whom modes do not stop."""
+    if os.geteuid() == 0:
+        return Path("/sys/kernel")
+    folder = tmp_path / "read-only"
+    folder.mkdir(mode=0o555)
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["file", "read-only"])
+def test_unusable_build_dir_is_one_error_line(tmp_path, kind):
+    if kind == "file":
+        build_dir, needle = tmp_path / "build", "is a file"
+        build_dir.write_text("not a folder")
+    else:
+        build_dir, needle = read_only_folder(tmp_path), "cannot write to build folder"
+    result = subprocess.run(
+        [sys.executable, "-m", "llama2_et", "build-runner", "--build-dir", str(build_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
+    assert needle in result.stderr and str(build_dir) in result.stderr and "--build-dir" in result.stderr
 
 
 def test_build_runner_cli_prints_only_the_path(runner):
