@@ -74,17 +74,29 @@ def test_greedy_equals_eager(runner, ptes, data_dir, design, prompt):
     assert "prefill:" in as_text.stderr and "decode:" in as_text.stderr
 
 
-def test_tiny_top_p_is_greedy_and_seed_repeats(runner, ptes, data_dir):
-    """top-p keeps only the most likely token when p is tiny; the same seed gives the same sample."""
+def test_tiny_top_p_is_greedy(runner, ptes, data_dir):
+    """top-p keeps only the most likely token when p is tiny, whatever the temperature."""
     ids, _ = eager_greedy(data_dir, PROMPTS[0], STEPS)
     common = ["--model", ptes["positions"], "--tokenizer", data_dir / "tok512.bin", "--prompt", PROMPTS[0]]
     nucleus = run(runner, *common, "--steps", STEPS, "--temperature", 1, "--top-p", 1e-6, "--print-tokens")
     assert [int(t) for t in nucleus.stdout.split()] == ids
-    sampled = [
-        run(runner, *common, "--steps", STEPS, "--temperature", 1, "--seed", seed).stdout for seed in (7, 7)
-    ]
-    assert sampled[0] == sampled[1]
-    assert sampled[0].startswith(PROMPTS[0])
+
+
+def test_sampling_follows_the_seed(runner, ptes, data_dir):
+    """The same seed repeats its text, other seeds give other texts, temperature 0 ignores the seed."""
+    _, greedy_text = eager_greedy(data_dir, PROMPTS[0], STEPS)
+    common = ["--model", ptes["positions"], "--tokenizer", data_dir / "tok512.bin", "--prompt", PROMPTS[0]]
+
+    def text(temperature: float, seed: int) -> str:
+        result = run(runner, *common, "--steps", STEPS, "--temperature", temperature, "--seed", seed)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    sampled = {seed: text(1.0, seed) for seed in (1, 2, 3, 4)}
+    assert text(1.0, 1) == sampled[1]
+    assert len(set(sampled.values())) == len(sampled)
+    assert all(t.startswith(PROMPTS[0]) and len(t) > len(PROMPTS[0]) + 20 for t in sampled.values())
+    assert text(0.0, 1) == text(0.0, 2) == greedy_text + "\n"
 
 
 def header_constants() -> dict:
@@ -193,6 +205,7 @@ BAD_INPUTS = {  # name: (arguments, text the message must contain)
     "missing value": (["--steps"], "--steps"),
     "not a number": (["--temperature", "hot"], "hot"),
     "top-p out of range": (["--top-p", "1.5"], "--top-p"),
+    "negative seed": (["--seed", "-1"], "--seed"),
 }
 
 
