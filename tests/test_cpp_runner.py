@@ -7,10 +7,12 @@ in both program designs.
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import subprocess
 import sys
+import time
 from functools import cache
 from pathlib import Path
 
@@ -152,23 +154,84 @@ def test_runner_stops_at_the_programs_eos_ids(runner, stories260k, data_dir, tmp
     assert [int(t) for t in result.stdout.split()] == ids[: n_prompt + step]
 
 
-@pytest.mark.parametrize(
-    "tokenizer,text",
-    [
-        ("tok512", "Once upon a time, there was a little girl named Lily."),
-        ("tok512", "Tom had 123 apples and 45 pears."),
-        ("tok512", "Zoë ate crème brûlée in 東京 🙂"),
-        ("tokenizer", "Once upon a time, there was a little girl named Lily."),
-        ("tokenizer", "Zoë ate crème brûlée in 東京 🙂 at 10:45"),
-    ],
-)
-def test_encoding_equals_sentencepiece(runner, data_dir, tokenizer, text):
-    expected = Tokenizer(data_dir / f"{tokenizer}.model").encode(text)
-    result = run(
-        runner, "--tokenizer", data_dir / f"{tokenizer}.bin", "--prompt", text, "--steps", 0, "--print-tokens"
-    )
-    assert result.returncode == 0, result.stderr
-    assert [int(t) for t in result.stdout.split()] == expected
+def whitespace_corpus(n_random: int) -> list[str]:
+    """Texts whose spaces, tabs, newlines, U+2581 and non-ASCII characters sentencepiece normalizes."""
+    texts = [
+        "",
+        " ",
+        "   ",
+        "\t",
+        "\n",
+        "Once  upon",
+        "  a  ",
+        "a\tb",
+        " \n a",
+        "a \n b",
+        "Hello\r\nworld",
+        "  Once upon a time  ,  there  ",
+        "x\u2581y",
+        "x \u2581 y",
+        "x\u2581 y",
+        "\u2581",
+        " \u2581 ",
+        "\u3000a",
+        "a\u00a0b",
+        "<0x41> <s> </s> <unk>",
+        "Tom had 123 apples and 45 pears.",
+        "Zoë ate crème brûlée in 東京 🙂 at 10:45",
+    ]
+    rng = random.Random(0)
+    parts = [
+        " ",
+        "  ",
+        "\t",
+        "\n",
+        "\r",
+        "a",
+        "b",
+        "Once",
+        "upon",
+        ",",
+        ".",
+        "é",
+        "東",
+        "🙂",
+        "\u2581",
+        "  \n ",
+    ]
+    texts += ["".join(rng.choices(parts, k=rng.randint(1, 15))) for _ in range(n_random)]
+    return texts
+
+
+@pytest.mark.parametrize("tokenizer", ["tok512", "tokenizer"])
+def test_encoding_equals_sentencepiece(runner, data_dir, tokenizer):
+    """The runner continues the prompt Python encodes: same ids as sentencepiece, whitespace included."""
+    reference = Tokenizer(data_dir / f"{tokenizer}.model")
+    sample = (data_dir / "tinystories_train_sample.txt").read_text()[:20_000]
+    for text in [*whitespace_corpus(40), sample]:
+        args = [
+            "--tokenizer",
+            data_dir / f"{tokenizer}.bin",
+            "--prompt",
+            text,
+            "--steps",
+            0,
+            "--print-tokens",
+        ]
+        result = run(runner, *args)
+        assert result.returncode == 0, result.stderr
+        assert [int(t) for t in result.stdout.split()] == reference.encode(text), repr(text)
+
+
+def test_long_prompt_is_rejected_quickly(runner, ptes, data_dir):
+    """A 128 KB prompt (a few tokens per word, far past the context) is refused in well under a second."""
+    prompt = (data_dir / "tinystories_train_sample.txt").read_bytes()[:128_000].decode(errors="ignore")
+    args = ["--model", ptes["positions"], "--tokenizer", data_dir / "tok512.bin", "--prompt", prompt]
+    started = time.perf_counter()
+    result = run(runner, *args, "--steps", 10)
+    elapsed = time.perf_counter() - started
+    assert result.returncode == 1 and f"max_seq_len of {CONTEXT}" in result.stderr, result.stderr
+    assert elapsed < 2.0
 
 
 @pytest.fixture(scope="module")

@@ -152,13 +152,17 @@ int run(const Options& options) {
     throw std::runtime_error("tokenizer " + options.tokenizer + " has " + pieces + " pieces but the model's "
                              "vocabulary has " + vocab + "; pass the tokenizer the model was trained with");
   }
+  const long long room = program.max_seq_len() - options.steps;  // prompt tokens that fit
+  const auto too_long = [&](const std::string& prompt_tokens) {
+    return std::runtime_error("the prompt (" + prompt_tokens + " tokens) plus --steps " +
+                              std::to_string(options.steps) + " exceeds the model's max_seq_len of " +
+                              std::to_string(program.max_seq_len()) + "; shorten the prompt or lower --steps");
+  };
+  const size_t at_least = tokenizer.min_token_count(options.prompt);
+  if (static_cast<long long>(at_least) > room) throw too_long("at least " + std::to_string(at_least));
   std::vector<int64_t> tokens = tokenizer.encode(options.prompt);  // BOS + prompt
   const auto prompt_len = static_cast<long long>(tokens.size());
-  if (options.steps > program.max_seq_len() - prompt_len) {
-    throw std::runtime_error("the prompt (" + std::to_string(prompt_len) + " tokens) plus --steps " +
-                             std::to_string(options.steps) + " exceeds the model's max_seq_len of " +
-                             std::to_string(program.max_seq_len()) + "; shorten the prompt or lower --steps");
-  }
+  if (prompt_len > room) throw too_long(std::to_string(prompt_len));
   emit_prompt(options, tokenizer, tokens);
 
   Sampler sampler(options.temperature, options.top_p, options.seed);
