@@ -11,6 +11,7 @@
 #include <stdexcept>
 
 #include "contract.h"
+#include "integrity.h"
 
 using executorch::aten::ScalarType;
 using executorch::extension::from_blob;
@@ -57,10 +58,15 @@ std::string joined(const char* const (&names)[N]) {
 Program::Program(const std::string& path) : path_(path), module_(path, Module::LoadMode::Mmap) {
   executorch::runtime::runtime_init();
   executorch::runtime::register_pal(executorch::runtime::PalImpl::create(keep_error_log, __FILE__));
+  sealed_ = verify_seal(path) == Seal::kVerified;  // before ExecuTorch reads a byte of it
   const std::string not_ours = "; export it with `python -m llama2_et export`";
   Error error = module_.load(executorch::runtime::Program::Verification::InternalConsistency);
   if (error != Error::Ok) throw std::runtime_error(describe("cannot load program " + path, error) + not_ours);
+  last_runtime_error.clear();
   error = module_.load_method("forward");
+  // ExecuTorch 1.5's Method::init can log an error (e.g. "Op index ... out of range") and still
+  // return Ok, leaving a kernel pointer unset that forward would call: an error logged is a failure.
+  if (error == Error::Ok && !last_runtime_error.empty()) error = Error::InvalidProgram;
   if (error != Error::Ok) throw std::runtime_error(describe("cannot load forward of " + path, error));
   check_signature();
   max_seq_len_ = int_constant(contract::kMaxSeqLen);

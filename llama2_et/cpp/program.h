@@ -13,8 +13,9 @@ enum class Design { kPositions, kPreproc };
 
 class Program {
  public:
-  // Loads the .pte and its forward method; throws std::runtime_error naming the file when it
-  // is missing, corrupt, or its forward matches neither design.
+  // Verifies the .pte's content hash (integrity.h), then loads it and its forward method; throws
+  // std::runtime_error naming the file when it is missing, damaged, corrupt, or its forward
+  // matches neither design.
   explicit Program(const std::string& path);
 
   // Logits (V,) of the last of `tokens`, placed at positions start_pos.., written to the KV cache.
@@ -24,6 +25,7 @@ class Program {
   int64_t max_seq_len() const { return max_seq_len_; }
   int64_t vocab_size() const { return static_cast<int64_t>(logits_.size()); }
   int64_t bos_id() const { return bos_id_; }
+  bool sealed() const { return sealed_; }  // the file carries a content hash, and it matched
   // The ids that end generation: the program's get_eos_ids, or contract::kStopIds without it.
   const std::vector<int64_t>& stop_ids() const { return stop_ids_; }
 
@@ -36,6 +38,7 @@ class Program {
   std::string path_;
   executorch::extension::Module module_;
   Design design_ = Design::kPositions;
+  bool sealed_ = false;
   int64_t max_seq_len_ = 0;
   int64_t bos_id_ = 0;
   std::vector<int64_t> stop_ids_;

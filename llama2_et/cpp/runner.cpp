@@ -144,8 +144,8 @@ int run(const Options& options) {
   Program program(options.model);
   const Tokenizer tokenizer(options.tokenizer, program.bos_id());
   const char* design = program.design() == Design::kPositions ? "positions" : "preproc";
-  std::fprintf(stderr, "load: %s (%s design) in %.2f ms\n", options.model.c_str(), design,
-               seconds_since(load_start) * 1e3);
+  std::fprintf(stderr, "load: %s (%s design) in %.2f ms; content hash %s\n", options.model.c_str(), design,
+               seconds_since(load_start) * 1e3, program.sealed() ? "verified" : "absent (not checked)");
   if (tokenizer.vocab_size() != program.vocab_size()) {
     const std::string pieces = std::to_string(tokenizer.vocab_size());
     const std::string vocab = std::to_string(program.vocab_size());
