@@ -76,6 +76,16 @@ def test_greedy_equals_eager(runner, ptes, data_dir, design, prompt):
     assert "prefill:" in as_text.stderr and "decode:" in as_text.stderr
 
 
+@pytest.mark.parametrize("design", ["positions", "preproc"])
+def test_warmup_changes_no_token(runner, ptes, data_dir, design):
+    """--warmup runs prefill and a decode step before timing; the rows it writes are rewritten before read."""
+    ids, _ = eager_greedy(data_dir, PROMPTS[1], STEPS)
+    common = ["--model", ptes[design], "--tokenizer", data_dir / "tok512.bin", "--prompt", PROMPTS[1]]
+    result = run(runner, *common, "--steps", STEPS, "--print-tokens", "--warmup")
+    assert result.returncode == 0, result.stderr
+    assert [int(t) for t in result.stdout.split()] == ids
+
+
 def test_tiny_top_p_is_greedy(runner, ptes, data_dir):
     """top-p keeps only the most likely token when p is tiny, whatever the temperature."""
     ids, _ = eager_greedy(data_dir, PROMPTS[0], STEPS)
