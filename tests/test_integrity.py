@@ -157,3 +157,19 @@ def test_unsealed_bad_op_index_is_an_error_not_a_crash(runner, tmp_path, data_di
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert result.returncode == 1 and len(errors) == 1, result.stderr
     assert "bad_op_index.pte" in errors[0] and "Op index 1000000 out of range" in errors[0]
+
+
+@pytest.mark.parametrize("size", [0, 1, 55, 56, 57, 63, 64, 65, 119, 120, 128, 1000, 70_000])
+def test_cpp_sha256_agrees_with_hashlib(runner, tmp_path, data_dir, size):
+    """Every SHA-256 padding case: the runner accepts the hash Python sealed, and sees one flipped bit."""
+    path = tmp_path / "noise.pte"
+    path.write_bytes(random.Random(size).randbytes(size))
+    integrity.seal(path)
+    command = [str(runner), "--model", str(path), "--tokenizer", str(data_dir / "tok512.bin")]
+    intact = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert intact.returncode == 1 and "cannot load program" in intact.stderr and DAMAGED not in intact.stderr
+    data = bytearray(path.read_bytes())
+    data[size // 2 if size else -1] ^= 1
+    path.write_bytes(data)
+    flipped = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert flipped.returncode == 1 and DAMAGED in flipped.stderr
