@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import contract
+from . import contract, integrity
 from .backends import backend as backend_entry
 from .designs import program_and_inputs
 from .files import atomic_write_bytes, check_output_path
@@ -163,7 +163,8 @@ def export_pte(
     # the caches' zeros, so the first call reads zeros (not arena garbage, which 0 * NaN would leak)
     zeroed_cache = InitializedMutableBufferPass(["k_cache", "v_cache"])
     et_program = edge.to_executorch(ExecutorchBackendConfig(passes=[zeroed_cache], run_reinplace_pass=True))
-    atomic_write_bytes(out_path, et_program.buffer)  # a failed write leaves the previous file as it was
+    # sealed with its content hash (integrity.py); a failed write leaves the previous file as it was
+    atomic_write_bytes(out_path, integrity.sealed(et_program.buffer))
     return ExportReport(
         path=out_path,
         design=design,

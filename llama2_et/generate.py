@@ -46,6 +46,8 @@ class Sampler:
             raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
         if top_p is not None and not 0.0 < top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if seed is not None and not 0 <= seed < 2**64:
+            raise ValueError(f"seed must be in 0..2**64-1, got {seed}")
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p

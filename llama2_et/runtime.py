@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from . import contract
+from . import contract, integrity
 from .preproc import Preproc
 
 SCALAR_TYPES = {4: "int64", 6: "float32"}  # c10::ScalarType codes in MethodMeta's TensorInfo
@@ -40,6 +40,7 @@ class PteDecoder:
             raise ValueError(f"{path} is not an ExecuTorch program (no 'ET' file identifier); {EXPORT_HINT}")
         from executorch.runtime import Runtime
 
+        self.sealed = integrity.verify(path)  # a damaged file is refused before ExecuTorch reads it
         register_llm_custom_ops()
         self.path = path
         try:

@@ -56,3 +56,20 @@ def stories260k_pte(stories260k, tmp_path_factory):
         return programs[design, backend]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def stories260k_eos_pte(stories260k, tok512, tmp_path_factory):
+    """stories260K (gather, XNNPACK) declaring as EOS a token greedy decoding first emits mid-story.
+
+    Returns the .pte, the prompt ids, and the greedy ids up to (not including) that EOS.
+    """
+    from llama2_et.export import export_pte
+    from llama2_et.generate import EagerDecoder, Sampler, generate
+
+    prompt = tok512.encode("Once upon a time", bos=True)
+    free = list(generate(EagerDecoder(stories260k), prompt, 60, Sampler(), stop_ids=()))
+    step = next(k for k in range(10, len(free)) if free[k] not in free[:k])  # its first appearance
+    path = tmp_path_factory.mktemp("eos") / "stories260K_eos.pte"
+    export_pte(stories260k, path, "gather", "xnnpack", max_seq_len=PTE_CONTEXT, eos_ids=(free[step],))
+    return path, prompt, free[:step]

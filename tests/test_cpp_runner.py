@@ -6,20 +6,27 @@ in both program designs.
 
 from __future__ import annotations
 
+import os
+import random
+import re
 import shutil
 import subprocess
 import sys
+import time
 from functools import cache
+from pathlib import Path
 
 import pytest
 import torch
 from executorch.exir import to_edge_transform_and_lower
 
-from conftest import PTE_CONTEXT as CONTEXT  # max_seq_len of the exported programs
+from llama2_et import contract
 from llama2_et.checkpoint import load_checkpoint
-from llama2_et.cpp import build_runner
+from llama2_et.cpp import SOURCE_DIR, build_runner
 from llama2_et.generate import EagerDecoder, Sampler, generate, generate_text
 from llama2_et.tokenizer import Tokenizer
+
+pytestmark = pytest.mark.slow
 
 PROMPTS = ["Once upon a time", "Lily and Ben went to the park. They saw a big dog!"]
 STEPS = 60
@@ -32,9 +39,9 @@ def runner():
 
 @pytest.fixture(scope="module")
 def ptes(stories260k_pte) -> dict:
-    """stories260K as .pte: the positions design on XNNPACK, the preproc design on portable kernels."""
+    """stories260K as .pte: the gather design on XNNPACK, the preproc design on portable kernels."""
     return {
-        "positions": stories260k_pte("positions", "xnnpack"),
+        "gather": stories260k_pte("gather", "xnnpack"),
         "preproc": stories260k_pte("preproc", "portable"),
     }
 
@@ -54,7 +61,7 @@ def eager_greedy(data_dir, prompt: str, steps: int) -> tuple[list[int], str]:
     return ids + new_ids, text
 
 
-@pytest.mark.parametrize("design", ["positions", "preproc"])
+@pytest.mark.parametrize("design", ["gather", "preproc"])
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_greedy_equals_eager(runner, ptes, data_dir, design, prompt):
     ids, text = eager_greedy(data_dir, prompt, STEPS)
@@ -65,47 +72,176 @@ def test_greedy_equals_eager(runner, ptes, data_dir, design, prompt):
     as_text = run(runner, *common, "--steps", STEPS, "--temperature", 0)
     assert as_text.returncode == 0, as_text.stderr
     assert as_text.stdout == text + "\n"
-    assert f"({design} design)" in as_text.stderr
+    assert f"(inputs {', '.join(contract.SIGNATURES[design].names)})" in as_text.stderr
     assert "prefill:" in as_text.stderr and "decode:" in as_text.stderr
 
 
-def test_tiny_top_p_is_greedy_and_seed_repeats(runner, ptes, data_dir):
-    """top-p keeps only the most likely token when p is tiny; the same seed gives the same sample."""
+@pytest.mark.parametrize("design", ["gather", "preproc"])
+def test_warmup_changes_no_token(runner, ptes, data_dir, design):
+    """--warmup runs prefill and a decode step before timing; the rows it writes are rewritten before read."""
+    ids, _ = eager_greedy(data_dir, PROMPTS[1], STEPS)
+    common = ["--model", ptes[design], "--tokenizer", data_dir / "tok512.bin", "--prompt", PROMPTS[1]]
+    result = run(runner, *common, "--steps", STEPS, "--print-tokens", "--warmup")
+    assert result.returncode == 0, result.stderr
+    assert [int(t) for t in result.stdout.split()] == ids
+
+
+def test_tiny_top_p_is_greedy(runner, ptes, data_dir):
+    """top-p keeps only the most likely token when p is tiny, whatever the temperature."""
     ids, _ = eager_greedy(data_dir, PROMPTS[0], STEPS)
-    common = ["--model", ptes["positions"], "--tokenizer", data_dir / "tok512.bin", "--prompt", PROMPTS[0]]
+    common = ["--model", ptes["gather"], "--tokenizer", data_dir / "tok512.bin", "--prompt", PROMPTS[0]]
     nucleus = run(runner, *common, "--steps", STEPS, "--temperature", 1, "--top-p", 1e-6, "--print-tokens")
     assert [int(t) for t in nucleus.stdout.split()] == ids
-    sampled = [
-        run(runner, *common, "--steps", STEPS, "--temperature", 1, "--seed", seed).stdout for seed in (7, 7)
-    ]
-    assert sampled[0] == sampled[1]
-    assert sampled[0].startswith(PROMPTS[0])
 
 
-@pytest.mark.parametrize(
-    "tokenizer,text",
-    [
-        ("tok512", "Once upon a time, there was a little girl named Lily."),
-        ("tok512", "Tom had 123 apples and 45 pears."),
-        ("tok512", "Zoë ate crème brûlée in 東京 🙂"),
-        ("tokenizer", "Once upon a time, there was a little girl named Lily."),
-        ("tokenizer", "Zoë ate crème brûlée in 東京 🙂 at 10:45"),
-    ],
-)
-def test_encoding_equals_sentencepiece(runner, data_dir, tokenizer, text):
-    expected = Tokenizer(data_dir / f"{tokenizer}.model").encode(text)
-    result = run(
-        runner, "--tokenizer", data_dir / f"{tokenizer}.bin", "--prompt", text, "--steps", 0, "--print-tokens"
+def test_sampling_follows_the_seed(runner, ptes, data_dir):
+    """The same seed repeats its text, other seeds give other texts, temperature 0 ignores the seed."""
+    _, greedy_text = eager_greedy(data_dir, PROMPTS[0], STEPS)
+    common = ["--model", ptes["gather"], "--tokenizer", data_dir / "tok512.bin", "--prompt", PROMPTS[0]]
+
+    def text(temperature: float, seed: int) -> str:
+        result = run(runner, *common, "--steps", STEPS, "--temperature", temperature, "--seed", seed)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    sampled = {seed: text(1.0, seed) for seed in (1, 2, 3, 4)}
+    assert text(1.0, 1) == sampled[1]
+    assert len(set(sampled.values())) == len(sampled)
+    assert all(t.startswith(PROMPTS[0]) and len(t) > len(PROMPTS[0]) + 20 for t in sampled.values())
+    assert text(0.0, 1) == text(0.0, 2) == greedy_text + "\n"
+
+
+def header_constants() -> dict:
+    """contract.h's constants by contract.py's name (kMaxSeqLen -> MAX_SEQ_LEN): strings, ints, lists."""
+    header = (SOURCE_DIR / "contract.h").read_text()
+    found = {}
+    for name, value in re.findall(r"constexpr const char\* (k\w+) = \"([^\"]*)\";", header):
+        found[name] = value
+    for name, value in re.findall(r"constexpr int64_t (k\w+) = (\d+);", header):
+        found[name] = int(value)
+    for name, items in re.findall(r"constexpr [\w ]+\*? (k\w+)\[\] = \{([^}]*)\};", header):
+        found[name] = [found.get(i, i.strip('"')) for i in re.findall(r'"[^"]*"|k\w+', items)]
+    return {re.sub(r"(?<!^)(?=[A-Z])", "_", name[1:]).upper(): value for name, value in found.items()}
+
+
+def test_contract_header_equals_contract_module():
+    header = header_constants()
+    metadata_names = {
+        k: v
+        for k, v in vars(contract).items()
+        if k.isupper() and isinstance(v, str) and k != "DEFAULT_DESIGN"
+    }
+    assert {k: v for k, v in header.items() if isinstance(v, str)} == metadata_names
+    assert (header["BOS_ID"], header["EOS_ID"], header["STOP_IDS"]) == (
+        contract.BOS_ID,
+        contract.EOS_ID,
+        list(contract.STOP_IDS),
     )
+    for design, signature in (("POSITIONS", contract.POSITIONS_INPUTS), ("PREPROC", contract.PREPROC_INPUTS)):
+        assert (header[f"{design}_NAMES"], header[f"{design}_DTYPES"]) == (
+            list(signature.names),
+            list(signature.dtypes),
+        )
+    assert {contract.signature_of(len(header[f"{d}_NAMES"])) for d in ("POSITIONS", "PREPROC")} == {
+        contract.POSITIONS_INPUTS,
+        contract.PREPROC_INPUTS,
+    }
+
+
+def test_runner_stops_at_the_programs_eos_ids(runner, stories260k_eos_pte, data_dir):
+    """A .pte whose EOS is a token greedy decoding emits mid-story ends the text exactly there."""
+    path, prompt, expected = stories260k_eos_pte
+    common = ["--model", path, "--tokenizer", data_dir / "tok512.bin", "--prompt", PROMPTS[0]]
+    result = run(runner, *common, "--steps", STEPS, "--print-tokens")
     assert result.returncode == 0, result.stderr
-    assert [int(t) for t in result.stdout.split()] == expected
+    assert [int(t) for t in result.stdout.split()] == prompt + expected
+
+
+def whitespace_corpus(n_random: int) -> list[str]:
+    """Texts whose spaces, tabs, newlines, U+2581 and non-ASCII characters sentencepiece normalizes."""
+    texts = [
+        "",
+        " ",
+        "   ",
+        "\t",
+        "\n",
+        "Once  upon",
+        "  a  ",
+        "a\tb",
+        " \n a",
+        "a \n b",
+        "Hello\r\nworld",
+        "  Once upon a time  ,  there  ",
+        "x\u2581y",
+        "x \u2581 y",
+        "x\u2581 y",
+        "\u2581",
+        " \u2581 ",
+        "\u3000a",
+        "a\u00a0b",
+        "<0x41> <s> </s> <unk>",
+        "Tom had 123 apples and 45 pears.",
+        "Zoë ate crème brûlée in 東京 🙂 at 10:45",
+    ]
+    rng = random.Random(0)
+    parts = [
+        " ",
+        "  ",
+        "\t",
+        "\n",
+        "\r",
+        "a",
+        "b",
+        "Once",
+        "upon",
+        ",",
+        ".",
+        "é",
+        "東",
+        "🙂",
+        "\u2581",
+        "  \n ",
+    ]
+    texts += ["".join(rng.choices(parts, k=rng.randint(1, 15))) for _ in range(n_random)]
+    return texts
+
+
+@pytest.mark.parametrize("tokenizer", ["tok512", "tokenizer"])
+def test_encoding_equals_sentencepiece(runner, data_dir, tokenizer):
+    """The runner continues the prompt Python encodes: same ids as sentencepiece, whitespace included."""
+    reference = Tokenizer(data_dir / f"{tokenizer}.model")
+    sample = (data_dir / "tinystories_train_sample.txt").read_text()[:20_000]
+    for text in [*whitespace_corpus(40), sample]:
+        args = [
+            "--tokenizer",
+            data_dir / f"{tokenizer}.bin",
+            "--prompt",
+            text,
+            "--steps",
+            0,
+            "--print-tokens",
+        ]
+        result = run(runner, *args)
+        assert result.returncode == 0, result.stderr
+        assert [int(t) for t in result.stdout.split()] == reference.encode(text), repr(text)
+
+
+def test_long_prompt_is_rejected_quickly(runner, ptes, data_dir, pte_context):
+    """A 128 KB prompt (a few tokens per word, far past the context) is refused in well under a second."""
+    prompt = (data_dir / "tinystories_train_sample.txt").read_bytes()[:128_000].decode(errors="ignore")
+    args = ["--model", ptes["gather"], "--tokenizer", data_dir / "tok512.bin", "--prompt", prompt]
+    started = time.perf_counter()
+    result = run(runner, *args, "--steps", 10)
+    elapsed = time.perf_counter() - started
+    assert result.returncode == 1 and f"max_seq_len of {pte_context}" in result.stderr, result.stderr
+    assert elapsed < 2.0
 
 
 @pytest.fixture(scope="module")
 def bad_files(tmp_path_factory, ptes, data_dir) -> dict:
     """Broken inputs: truncated and random .pte, a .pte of another signature, broken tokenizer.bin."""
     out = tmp_path_factory.mktemp("bad")
-    good = ptes["positions"].read_bytes()
+    good = ptes["gather"].read_bytes()
     (out / "truncated.pte").write_bytes(good[: len(good) // 3])
     (out / "random.pte").write_bytes(torch.randint(0, 256, (4096,), dtype=torch.uint8).numpy().tobytes())
     (out / "truncated.bin").write_bytes((data_dir / "tok512.bin").read_bytes()[:3000])
@@ -130,18 +266,19 @@ BAD_INPUTS = {  # name: (arguments, text the message must contain)
     "random tokenizer": (["--tokenizer", "{bad}/random.bin"], "random.bin"),
     "tokenizer of another model": (["--tokenizer", "{data}/tokenizer.bin"], "32000"),
     "prompt past max_seq_len": (["--prompt", "Once upon a time " * 200], "max_seq_len"),
-    "steps past max_seq_len": (["--steps", str(CONTEXT)], "max_seq_len"),
+    "steps past max_seq_len": (["--steps", "100000"], "max_seq_len"),
     "unknown flag": (["--tokens", "5"], "--tokens"),
     "missing value": (["--steps"], "--steps"),
     "not a number": (["--temperature", "hot"], "hot"),
     "top-p out of range": (["--top-p", "1.5"], "--top-p"),
+    "negative seed": (["--seed", "-1"], "--seed"),
 }
 
 
 @pytest.mark.parametrize("name", BAD_INPUTS)
 def test_bad_input_is_a_message_and_exit_1(runner, ptes, bad_files, data_dir, name):
     args, needle = BAD_INPUTS[name]
-    defaults = {"--model": ptes["positions"], "--tokenizer": data_dir / "tok512.bin", "--steps": "10"}
+    defaults = {"--model": ptes["gather"], "--tokenizer": data_dir / "tok512.bin", "--steps": "10"}
     args = [a.format(bad=bad_files, data=data_dir) for a in args]
     for flag, value in defaults.items():  # a valid value for every flag the case leaves out
         if flag not in args:
@@ -168,6 +305,33 @@ def test_missing_cmake_or_compiler_is_a_clear_error(tmp_path, monkeypatch):
     (tmp_path / "cmake").symlink_to(cmake)
     with pytest.raises(RuntimeError, match="no C\\+\\+ compiler found"):
         build_runner(tmp_path / "build")
+
+
+def read_only_folder(tmp_path) -> Path:
+    """A folder this process cannot write: mode 555, or sysfs for root, whom modes do not stop."""
+    if os.geteuid() == 0:
+        return Path("/sys/kernel")
+    folder = tmp_path / "read-only"
+    folder.mkdir(mode=0o555)
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["file", "read-only"])
+def test_unusable_build_dir_is_one_error_line(tmp_path, kind):
+    if kind == "file":
+        build_dir, needle = tmp_path / "build", "is a file"
+        build_dir.write_text("not a folder")
+    else:
+        build_dir, needle = read_only_folder(tmp_path), "cannot write to build folder"
+    result = subprocess.run(
+        [sys.executable, "-m", "llama2_et", "build-runner", "--build-dir", str(build_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
+    assert needle in result.stderr and str(build_dir) in result.stderr and "--build-dir" in result.stderr
 
 
 def test_build_runner_cli_prints_only_the_path(runner):

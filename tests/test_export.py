@@ -102,16 +102,6 @@ def test_narrow_design_leaves_what_the_slice_feeds_to_portable_kernels(exported)
     assert "_local_scalar_dense" in narrow.portable_ops  # the start, read from the input_pos tensor
 
 
-def test_runtime_stops_at_the_eos_the_program_declares(stories260k, tmp_path):
-    prompt = [1, 403, 407, 261, 378]  # <s> Once upon a time
-    free = list(generate(EagerDecoder(stories260k), prompt, 20, Sampler(), stop_ids=()))
-    stop = next(t for t in free if t != free[0])  # its first sampling comes after free[0]
-    report = export_pte(stories260k, tmp_path / "eos.pte", eos_ids=(stop,), max_seq_len=CONTEXT)
-    pte = PteDecoder(report.path)
-    assert pte.stop_ids == (stop,)
-    assert list(generate(pte, prompt, 20, Sampler())) == free[: free.index(stop)]
-
-
 @pytest.mark.parametrize("scheme", ["8da8w", "8da4w"])
 def test_quantized_program_computes_torchao_quantized_model(exported, one_layer, scheme):
     """The .pte runs torchao's quantized eager model (not fp32's), with every linear delegated.

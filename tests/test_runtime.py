@@ -169,3 +169,10 @@ def test_decode_past_the_cache_end_and_out_of_order(programs, pte_context):
         pte.step([7], 7)
     with pytest.raises(ValueError, match=r"token ids \[512\] are outside the vocabulary 0..511"):
         pte.step([512], 3)
+
+
+def test_runtime_stops_at_the_eos_the_program_declares(stories260k_eos_pte):
+    path, prompt, expected = stories260k_eos_pte
+    pte = PteDecoder(path)
+    assert len(pte.stop_ids) == 1 and pte.stop_ids[0] not in (1, 2)
+    assert list(generate(pte, prompt, 60, Sampler())) == expected

@@ -5,8 +5,13 @@
 #include <executorch/runtime/platform/runtime.h>
 
 #include <cmath>
+#include <cstring>
+#include <iterator>
 #include <limits>
 #include <stdexcept>
+
+#include "contract.h"
+#include "integrity.h"
 
 using executorch::aten::ScalarType;
 using executorch::extension::from_blob;
@@ -36,21 +41,39 @@ std::string describe(const std::string& what, Error error) {
   return text;
 }
 
+ScalarType scalar_type(const char* dtype) {  // a contract.h dtype name
+  return std::strcmp(dtype, "float32") == 0 ? ScalarType::Float : ScalarType::Long;
+}
+
+// "(tokens, input_pos)" for a contract.h name list.
+template <size_t N>
+std::string joined(const char* const (&names)[N]) {
+  std::string text = "(";
+  for (size_t i = 0; i < N; ++i) text += (i ? ", " : "") + std::string(names[i]);
+  return text + ")";
+}
+
 }  // namespace
 
 Program::Program(const std::string& path) : path_(path), module_(path, Module::LoadMode::Mmap) {
   executorch::runtime::runtime_init();
   executorch::runtime::register_pal(executorch::runtime::PalImpl::create(keep_error_log, __FILE__));
+  sealed_ = verify_seal(path) == Seal::kVerified;  // before ExecuTorch reads a byte of it
   const std::string not_ours = "; export it with `python -m llama2_et export`";
   Error error = module_.load(executorch::runtime::Program::Verification::InternalConsistency);
   if (error != Error::Ok) throw std::runtime_error(describe("cannot load program " + path, error) + not_ours);
+  last_runtime_error.clear();
   error = module_.load_method("forward");
+  // ExecuTorch 1.5's Method::init can log an error (e.g. "Op index ... out of range") and still
+  // return Ok, leaving a kernel pointer unset that forward would call: an error logged is a failure.
+  if (error == Error::Ok && !last_runtime_error.empty()) error = Error::InvalidProgram;
   if (error != Error::Ok) throw std::runtime_error(describe("cannot load forward of " + path, error));
   check_signature();
-  max_seq_len_ = int_constant("get_max_seq_len");
+  max_seq_len_ = int_constant(contract::kMaxSeqLen);
+  read_special_ids();
   if (design_ == Design::kPreproc) {
-    const int64_t head_dim = int_constant("get_head_dim");
-    const auto theta = static_cast<float>(number_constant("get_rope_theta"));
+    const int64_t head_dim = int_constant(contract::kHeadDim);
+    const auto theta = static_cast<float>(number_constant(contract::kRopeTheta));
     for (int64_t i = 0; i < head_dim / 2; ++i) {  // float32 throughout, as preproc.rope_tables
       inv_freq_.push_back(1.0f / std::pow(theta, static_cast<float>(2 * i) / static_cast<float>(head_dim)));
     }
@@ -61,18 +84,18 @@ void Program::check_signature() {
   const auto meta = module_.method_meta("forward");
   if (!meta.ok()) throw std::runtime_error(describe("cannot read forward of " + path_, meta.error()));
   const size_t n_inputs = meta->num_inputs();
-  std::vector<ScalarType> expected;
-  if (n_inputs == 2) {
+  const char* const* dtypes = nullptr;
+  if (n_inputs == std::size(contract::kPositionsDtypes)) {
     design_ = Design::kPositions;
-    expected = {ScalarType::Long, ScalarType::Long};
-  } else if (n_inputs == 5) {
+    dtypes = contract::kPositionsDtypes;
+  } else if (n_inputs == std::size(contract::kPreprocDtypes)) {
     design_ = Design::kPreproc;
-    expected = {ScalarType::Long, ScalarType::Float, ScalarType::Float, ScalarType::Float, ScalarType::Long};
+    dtypes = contract::kPreprocDtypes;
   }
-  bool matches = !expected.empty();
+  bool matches = dtypes != nullptr;
   for (size_t i = 0; matches && i < n_inputs; ++i) {
     const auto input = meta->input_tensor_meta(i);
-    matches = input.ok() && input->scalar_type() == expected[i];
+    matches = input.ok() && input->scalar_type() == scalar_type(dtypes[i]);
   }
   int64_t vocab_size = 0;
   if (matches && meta->num_outputs() >= 1) {
@@ -84,10 +107,33 @@ void Program::check_signature() {
     last_runtime_error.clear();
     throw std::runtime_error(
         "forward of " + path_ + " (" + std::to_string(n_inputs) + " inputs) matches neither design: "
-        "expected int64 (tokens, input_pos) or (tokens, cos, sin, mask, input_pos) with float32 tables, "
+        "expected int64 " + joined(contract::kPositionsNames) + " or " + joined(contract::kPreprocNames) +
+        " with float32 tables, "
         "returning float32 logits (1, V), as `python -m llama2_et export` writes");
   }
   logits_.resize(static_cast<size_t>(vocab_size));
+}
+
+void Program::read_special_ids() {
+  const auto names = module_.method_names();
+  const bool has_bos = names.ok() && names->count(contract::kBos);
+  bos_id_ = has_bos ? int_constant(contract::kBos) : contract::kBosId;
+  if (!names.ok() || !names->count(contract::kEosIds)) {
+    stop_ids_.assign(std::begin(contract::kStopIds), std::end(contract::kStopIds));
+    return;
+  }
+  const auto values = module_.execute(contract::kEosIds);  // one int output per id
+  if (values.ok()) {
+    for (const EValue& value : *values) {
+      if (!value.isInt()) break;
+      stop_ids_.push_back(value.toInt());
+    }
+  }
+  if (!values.ok() || stop_ids_.empty() || stop_ids_.size() != values->size()) {
+    last_runtime_error.clear();
+    throw std::runtime_error(path_ + ": method " + contract::kEosIds +
+                             " does not return integer ids; export it with `python -m llama2_et export`");
+  }
 }
 
 int64_t Program::int_constant(const std::string& name) {

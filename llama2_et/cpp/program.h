@@ -7,15 +7,15 @@
 #include <string>
 #include <vector>
 
-// positions: forward(tokens (1, L) int64, input_pos (1,) int64 start) -> logits (1, V)
-// preproc:   forward(tokens (1, L) int64, cos (L, Dh/2), sin (L, Dh/2), mask (L, Lm),
-//                    input_pos (L,) int64) -> logits (1, V); the caller slices the tables.
+// The two input signatures of contract.h: positions takes the start position (1,) and slices
+// inside the program; preproc takes the sliced RoPE tables and mask, and positions (L,).
 enum class Design { kPositions, kPreproc };
 
 class Program {
  public:
-  // Loads the .pte and its forward method; throws std::runtime_error naming the file when it
-  // is missing, corrupt, or its forward matches neither design.
+  // Verifies the .pte's content hash (integrity.h), then loads it and its forward method; throws
+  // std::runtime_error naming the file when it is missing, damaged, corrupt, or its forward
+  // matches neither design.
   explicit Program(const std::string& path);
 
   // Logits (V,) of the last of `tokens`, placed at positions start_pos.., written to the KV cache.
@@ -24,16 +24,24 @@ class Program {
   Design design() const { return design_; }
   int64_t max_seq_len() const { return max_seq_len_; }
   int64_t vocab_size() const { return static_cast<int64_t>(logits_.size()); }
+  int64_t bos_id() const { return bos_id_; }
+  bool sealed() const { return sealed_; }  // the file carries a content hash, and it matched
+  // The ids that end generation: the program's get_eos_ids, or contract::kStopIds without it.
+  const std::vector<int64_t>& stop_ids() const { return stop_ids_; }
 
  private:
   int64_t int_constant(const std::string& name);
   double number_constant(const std::string& name);
   void check_signature();
+  void read_special_ids();
 
   std::string path_;
   executorch::extension::Module module_;
   Design design_ = Design::kPositions;
+  bool sealed_ = false;
   int64_t max_seq_len_ = 0;
+  int64_t bos_id_ = 0;
+  std::vector<int64_t> stop_ids_;
   std::vector<float> inv_freq_;  // (Dh/2,) RoPE frequencies theta^(-2i/Dh), preproc design only
   std::vector<float> logits_;    // (V,)
 };

@@ -4,6 +4,7 @@
 // dynamic), then decode feeds one token per call; the KV cache lives inside the program.
 // Text streams to stdout, prompt first, as llama2.c's run.c prints it; speeds go to stderr.
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
@@ -23,16 +24,20 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: llama2_et_runner --model PATH.pte --tokenizer PATH.bin [--prompt TEXT] [--steps N]\n"
-    "                        [--temperature T] [--top-p P] [--seed S] [--print-tokens]\n"
-    "  --model         a .pte from `python -m llama2_et export` (positions or preproc design)\n"
+    "                        [--temperature T] [--top-p P] [--seed S] [--print-tokens] [--warmup]\n"
+    "  --model         a .pte from `python -m llama2_et export` (gather, narrow or preproc design)\n"
     "  --tokenizer     a llama2.c tokenizer.bin (e.g. tok512.bin for stories260K)\n"
     "  --prompt        text to continue (default: empty, i.e. start from BOS)\n"
-    "  --steps         new tokens to generate at most (default 128); stops early at EOS or BOS\n"
+    "  --steps         new tokens to generate at most (default 128); stops early at the\n"
+    "                  program's EOS ids (get_eos_ids; without it at EOS or BOS)\n"
     "  --temperature   0 = greedy argmax (default 0)\n"
     "  --top-p         nucleus sampling threshold in (0, 1]; 1 = off (default 1)\n"
     "  --seed          random seed for sampling (default: the current time)\n"
     "  --print-tokens  print token ids (prompt with BOS, then generated) instead of text;\n"
-    "                  with --steps 0 and no --model it only encodes the prompt\n";
+    "                  with --steps 0 and no --model it only encodes the prompt\n"
+    "  --warmup        run the prompt's prefill and one decode step once, untimed, before\n"
+    "                  generating: the speeds then exclude first-call costs (page faults,\n"
+    "                  XNNPACK's first reshape), as a benchmark's warm-up run does\n";
 
 struct Options {
   std::string model, tokenizer, prompt;
@@ -41,6 +46,7 @@ struct Options {
   float top_p = 1.0f;
   uint64_t seed = static_cast<uint64_t>(std::time(nullptr));
   bool print_tokens = false;
+  bool warmup = false;
 };
 
 double parse_number(const std::string& flag, const std::string& text) {
@@ -66,6 +72,10 @@ Options parse_args(int argc, char** argv) {
     const std::string flag = argv[i];
     if (flag == "--print-tokens") {
       options.print_tokens = true;
+      continue;
+    }
+    if (flag == "--warmup") {
+      options.warmup = true;
       continue;
     }
     if (flag == "--help" || flag == "-h") {
@@ -132,32 +142,42 @@ void emit_prompt(const Options& options, const Tokenizer& tokenizer, const std::
 }
 
 int run(const Options& options) {
-  const Tokenizer tokenizer(options.tokenizer);
   if (options.model.empty()) {  // encode only
+    const Tokenizer tokenizer(options.tokenizer);
     emit_prompt(options, tokenizer, tokenizer.encode(options.prompt));
     std::fputs("\n", stdout);
     return 0;
   }
   const auto load_start = std::chrono::steady_clock::now();
   Program program(options.model);
-  const char* design = program.design() == Design::kPositions ? "positions" : "preproc";
-  std::fprintf(stderr, "load: %s (%s design) in %.2f ms\n", options.model.c_str(), design,
-               seconds_since(load_start) * 1e3);
+  const Tokenizer tokenizer(options.tokenizer, program.bos_id());
+  const char* inputs =
+      program.design() == Design::kPositions ? "tokens, input_pos" : "tokens, cos, sin, mask, input_pos";
+  std::fprintf(stderr, "load: %s (inputs %s) in %.2f ms; content hash %s\n", options.model.c_str(), inputs,
+               seconds_since(load_start) * 1e3, program.sealed() ? "verified" : "absent (not checked)");
   if (tokenizer.vocab_size() != program.vocab_size()) {
     const std::string pieces = std::to_string(tokenizer.vocab_size());
     const std::string vocab = std::to_string(program.vocab_size());
     throw std::runtime_error("tokenizer " + options.tokenizer + " has " + pieces + " pieces but the model's "
                              "vocabulary has " + vocab + "; pass the tokenizer the model was trained with");
   }
+  const long long room = program.max_seq_len() - options.steps;  // prompt tokens that fit
+  const auto too_long = [&](const std::string& prompt_tokens) {
+    return std::runtime_error("the prompt (" + prompt_tokens + " tokens) plus --steps " +
+                              std::to_string(options.steps) + " exceeds the model's max_seq_len of " +
+                              std::to_string(program.max_seq_len()) + "; shorten the prompt or lower --steps");
+  };
+  const size_t at_least = tokenizer.min_token_count(options.prompt);
+  if (static_cast<long long>(at_least) > room) throw too_long("at least " + std::to_string(at_least));
   std::vector<int64_t> tokens = tokenizer.encode(options.prompt);  // BOS + prompt
   const auto prompt_len = static_cast<long long>(tokens.size());
-  if (options.steps > program.max_seq_len() - prompt_len) {
-    throw std::runtime_error("the prompt (" + std::to_string(prompt_len) + " tokens) plus --steps " +
-                             std::to_string(options.steps) + " exceeds the model's max_seq_len of " +
-                             std::to_string(program.max_seq_len()) + "; shorten the prompt or lower --steps");
-  }
+  if (prompt_len > room) throw too_long(std::to_string(prompt_len));
   emit_prompt(options, tokenizer, tokens);
 
+  if (options.warmup && options.steps > 0) {  // the run below overwrites every cache row it reads
+    program.forward(tokens, 0);
+    program.forward({tokens.back()}, prompt_len);
+  }
   Sampler sampler(options.temperature, options.top_p, options.seed);
   std::vector<float> logits;
   size_t decoded = 0;
@@ -173,7 +193,8 @@ int run(const Options& options) {
       ++decoded;
     }
     const int64_t next = sampler.sample(logits);
-    if (next == kEosId || next == kBosId) break;  // llama2.c stops at BOS as well
+    const auto& stop = program.stop_ids();
+    if (std::find(stop.begin(), stop.end(), next) != stop.end()) break;
     emit(options, tokenizer, tokens.back(), next);
     tokens.push_back(next);
   }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
+#include <queue>
 #include <stdexcept>
 
 namespace {
@@ -22,9 +23,34 @@ int parse_byte_piece(const std::string& piece) {
   return -1;
 }
 
+constexpr std::string_view kSpaceSymbol = "\xE2\x96\x81";  // U+2581, sentencepiece's escaped space
+
+// Length of the UTF-8 character starting at text[start]: a lead byte and its continuation bytes.
+size_t char_length(const std::string& text, size_t start) {
+  size_t end = start + 1;
+  while (end < text.size() && end - start < 4 && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80) ++end;
+  return end - start;
+}
+
+// A symbol of the text being merged: normalized[start, start + length), in a linked list.
+struct Symbol {
+  size_t start, length;
+  int64_t prev, next;  // neighbouring symbols, -1 at the ends
+};
+
+// A merge candidate: symbols left and right, whose joined piece has `score` and `length` bytes.
+struct Candidate {
+  float score;
+  int64_t left, right;
+  size_t length;
+  bool operator<(const Candidate& other) const {  // std::priority_queue pops the largest
+    return score < other.score || (score == other.score && left > other.left);
+  }
+};
+
 }  // namespace
 
-Tokenizer::Tokenizer(const std::string& path) {
+Tokenizer::Tokenizer(const std::string& path, int64_t bos_id) : bos_id_(bos_id) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw std::runtime_error("cannot open tokenizer file " + path);
   const std::string bad = "tokenizer file " + path + " is not a llama2.c tokenizer.bin";
@@ -32,6 +58,7 @@ Tokenizer::Tokenizer(const std::string& path) {
   if (!read_value(in, max_token_length) || max_token_length == 0 || max_token_length > 4096) {
     throw std::runtime_error(bad + " (bad max_token_length header)");
   }
+  max_token_length_ = max_token_length;
   float score = 0;
   while (read_value(in, score)) {  // one piece per iteration until the end of the file
     int32_t length = 0;
@@ -42,69 +69,100 @@ Tokenizer::Tokenizer(const std::string& path) {
     if (!in.read(piece.data(), length)) {
       throw std::runtime_error(bad + " (truncated at piece " + std::to_string(pieces_.size()) + ")");
     }
-    ids_.emplace(piece, vocab_size());
     pieces_.push_back(std::move(piece));
     scores_.push_back(score);
   }
   if (in.gcount() != 0) throw std::runtime_error(bad + " (trailing bytes)");
-  if (vocab_size() <= kEosId) throw std::runtime_error(bad + " (fewer than 3 pieces)");
+  if (vocab_size() <= contract::kEosId) throw std::runtime_error(bad + " (fewer than 3 pieces)");
   std::fill(std::begin(byte_ids_), std::end(byte_ids_), -1);
   byte_of_.assign(pieces_.size(), -1);
-  for (size_t id = 0; id < pieces_.size(); ++id) {
-    const int byte = parse_byte_piece(pieces_[id]);
+  for (size_t id = 0; id < pieces_.size(); ++id) {  // pieces_ is complete: views into it stay valid
+    const std::string& piece = pieces_[id];
+    const int byte = parse_byte_piece(piece);
     if (byte >= 0) {
       byte_ids_[byte] = static_cast<int64_t>(id);
       byte_of_[id] = byte;
+    } else if (id != 0 && id != contract::kBosId && id != contract::kEosId) {  // 0 is <unk>
+      merges_.emplace(piece, static_cast<int64_t>(id));  // the first of equal pieces, as sentencepiece
+    }
+    if (piece.size() >= 2 && piece.find_first_not_of(' ') == std::string::npos) {
+      remove_extra_whitespaces_ = false;
     }
   }
 }
 
-int64_t Tokenizer::lookup(const std::string& piece) const {
-  const auto it = ids_.find(piece);
-  return it == ids_.end() ? -1 : it->second;
+std::string Tokenizer::normalize(const std::string& text) const {
+  size_t start = 0;
+  if (remove_extra_whitespaces_) start = std::min(text.find_first_not_of(' '), text.size());
+  if (start == text.size()) return "";  // sentencepiece adds no prefix to an empty text
+  std::string normalized = " ";
+  for (size_t i = start; i < text.size(); ++i) {
+    if (remove_extra_whitespaces_ && text[i] == ' ' && text[i - 1] == ' ') continue;  // i > start here
+    if (text.compare(i, kSpaceSymbol.size(), kSpaceSymbol) == 0) {  // a literal U+2581 is a space piece
+      normalized += ' ';
+      i += kSpaceSymbol.size() - 1;
+      continue;
+    }
+    normalized += text[i];
+  }
+  if (remove_extra_whitespaces_) {  // trailing U+2581 go too, literal ones included
+    normalized.erase(normalized.find_last_not_of(' ') + 1);
+  }
+  return normalized;
+}
+
+size_t Tokenizer::min_token_count(const std::string& text) const {
+  return 1 + (normalize(text).size() + max_token_length_ - 1) / max_token_length_;
 }
 
 std::vector<int64_t> Tokenizer::encode(const std::string& text) const {
-  std::vector<int64_t> tokens = {kBosId};
-  if (text.empty()) return tokens;
-  // sentencepiece's "add dummy prefix": the text is read as if it started with a space.
-  const int64_t space = lookup(" ");
-  if (space >= 0) tokens.push_back(space);
+  const std::string normalized = normalize(text);
+  const auto piece_id = [&](size_t start, size_t length) -> int64_t {
+    if (length > max_token_length_) return -1;
+    const auto it = merges_.find(std::string_view(normalized).substr(start, length));
+    return it == merges_.end() ? -1 : it->second;
+  };
 
-  // One piece per UTF-8 character: a lead byte and its continuation bytes (10xxxxxx).
-  for (size_t start = 0; start < text.size();) {
-    size_t end = start + 1;
-    while (end < text.size() && end - start < 4 && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80) {
-      ++end;
-    }
-    const std::string character = text.substr(start, end - start);
-    const int64_t id = lookup(character);
-    if (id >= 0) {
-      tokens.push_back(id);
-    } else {
-      for (unsigned char byte : character) {
-        tokens.push_back(byte_ids_[byte] >= 0 ? byte_ids_[byte] : 0);  // 0 = <unk>
-      }
-    }
-    start = end;
+  std::vector<Symbol> symbols;  // one per UTF-8 character
+  for (size_t start = 0; start < normalized.size();) {
+    const size_t length = char_length(normalized, start);
+    const auto index = static_cast<int64_t>(symbols.size());
+    symbols.push_back({start, length, index - 1, start + length < normalized.size() ? index + 1 : -1});
+    start += length;
+  }
+  std::priority_queue<Candidate> candidates;
+  const auto add_candidate = [&](int64_t left, int64_t right) {
+    if (left < 0 || right < 0) return;
+    const size_t length = symbols[left].length + symbols[right].length;
+    const int64_t id = piece_id(symbols[left].start, length);
+    if (id >= 0) candidates.push({scores_[id], left, right, length});
+  };
+  for (size_t i = 1; i < symbols.size(); ++i) add_candidate(static_cast<int64_t>(i) - 1, static_cast<int64_t>(i));
+  while (!candidates.empty()) {  // each merge adds at most two candidates: O(n log n)
+    const Candidate top = candidates.top();
+    candidates.pop();
+    Symbol& left = symbols[top.left];
+    Symbol& right = symbols[top.right];
+    if (left.length == 0 || right.length == 0 || left.length + right.length != top.length) continue;  // stale
+    left.length = top.length;
+    left.next = right.next;
+    if (right.next >= 0) symbols[right.next].prev = top.left;
+    right.length = 0;
+    add_candidate(left.prev, top.left);
+    add_candidate(top.left, left.next);
   }
 
-  // BPE: merge the adjacent pair whose joined piece scores highest (leftmost on ties), repeat.
-  while (true) {
-    float best_score = 0;
-    int64_t best_id = -1;
-    size_t best_index = 0;
-    for (size_t i = 1; i + 1 < tokens.size(); ++i) {  // i = 0 is BOS, never merged
-      const int64_t id = lookup(pieces_[tokens[i]] + pieces_[tokens[i + 1]]);
-      if (id >= 0 && (best_id < 0 || scores_[id] > best_score)) {
-        best_score = scores_[id];
-        best_id = id;
-        best_index = i;
-      }
+  std::vector<int64_t> tokens = {bos_id_};
+  for (int64_t i = symbols.empty() ? -1 : 0; i >= 0; i = symbols[i].next) {
+    const int64_t id = piece_id(symbols[i].start, symbols[i].length);
+    if (id >= 0) {
+      tokens.push_back(id);
+      continue;
     }
-    if (best_id < 0) break;
-    tokens[best_index] = best_id;
-    tokens.erase(tokens.begin() + static_cast<std::ptrdiff_t>(best_index) + 1);
+    for (size_t b = 0; b < symbols[i].length; ++b) {  // byte fallback
+      const auto byte = static_cast<unsigned char>(normalized[symbols[i].start + b]);
+      tokens.push_back(byte_ids_[byte] >= 0 ? byte_ids_[byte] : 0);  // 0 = <unk>
+    }
   }
   return tokens;
 }
@@ -113,6 +171,6 @@ std::string Tokenizer::decode(int64_t prev, int64_t token) const {
   if (token < 0 || token >= vocab_size()) return "";
   if (byte_of_[token] >= 0) return std::string(1, static_cast<char>(byte_of_[token]));
   const std::string& piece = pieces_[token];
-  if (prev == kBosId && !piece.empty() && piece[0] == ' ') return piece.substr(1);
+  if (prev == bos_id_ && !piece.empty() && piece[0] == ' ') return piece.substr(1);
   return piece;
 }

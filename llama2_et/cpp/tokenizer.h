@@ -1,23 +1,32 @@
-// The llama2.c tokenizer.bin format: a vocabulary of pieces with merge scores, encoded by BPE.
+// The llama2.c tokenizer.bin format: a vocabulary of pieces with merge scores, encoded by BPE as
+// sentencepiece encodes with the .model the file was made from.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
-constexpr int64_t kBosId = 1;
-constexpr int64_t kEosId = 2;
+#include "contract.h"
 
 class Tokenizer {
  public:
   // Reads tokenizer.bin: uint32 max_token_length, then per piece float32 score, int32 length,
   // bytes. Throws std::runtime_error naming the file if it is missing or malformed.
-  explicit Tokenizer(const std::string& path);
+  // bos_id: the id encode starts with (the program's get_bos_id).
+  explicit Tokenizer(const std::string& path, int64_t bos_id = contract::kBosId);
+  Tokenizer(const Tokenizer&) = delete;  // merges_ views the pieces of this object
+  Tokenizer& operator=(const Tokenizer&) = delete;
 
-  // BOS, then a leading space piece, then UTF-8 characters (bytes as <0xXX> pieces when a
-  // character has no piece), merged pairwise by highest score until no pair is in the vocabulary.
+  // BOS, then the BPE pieces of normalize(text): merged pairwise, highest score first (leftmost
+  // on ties), as sentencepiece's BPE model; a character left without a piece becomes <0xXX> bytes.
   std::vector<int64_t> encode(const std::string& text) const;
+
+  // The fewest ids encode(text) can return: BOS plus one per max_token_length bytes of
+  // normalize(text). Linear time, to reject an over-long prompt before encoding it.
+  size_t min_token_count(const std::string& text) const;
 
   // The text of `token`, with the leading space dropped right after BOS and <0xXX> as a raw byte.
   std::string decode(int64_t prev, int64_t token) const;
@@ -25,11 +34,20 @@ class Tokenizer {
   int64_t vocab_size() const { return static_cast<int64_t>(pieces_.size()); }
 
  private:
-  int64_t lookup(const std::string& piece) const;  // -1 when not in the vocabulary
+  // sentencepiece's normalizer for these models (identity character map): a space in front (its
+  // add_dummy_prefix), and with remove_extra_whitespaces, no leading, trailing or doubled spaces.
+  // The result spells sentencepiece's whitespace symbol U+2581 as ' ', as tokenizer.bin does.
+  std::string normalize(const std::string& text) const;
 
   std::vector<std::string> pieces_;
   std::vector<float> scores_;
-  std::unordered_map<std::string, int64_t> ids_;
-  int64_t byte_ids_[256];                 // id of the <0xXX> piece for each byte, -1 if absent
-  std::vector<int> byte_of_;              // byte value of a <0xXX> piece, -1 for other pieces
+  std::unordered_map<std::string_view, int64_t> merges_;  // pieces a merge may produce: not
+                                                          // <unk>, BOS, EOS or <0xXX> bytes
+  size_t max_token_length_ = 0;
+  // tokenizer.bin does not record sentencepiece's remove_extra_whitespaces; a model trained with
+  // it never sees two spaces in a row, so a piece of two spaces means the flag was off.
+  bool remove_extra_whitespaces_ = true;
+  int64_t byte_ids_[256];     // id of the <0xXX> piece for each byte, -1 if absent
+  std::vector<int> byte_of_;  // byte value of a <0xXX> piece, -1 for other pieces
+  int64_t bos_id_;
 };
