@@ -203,14 +203,13 @@ def test_kv_cache_starts_as_zeros_stored_in_the_program(exported, one_layer, nam
     """Each cache buffer is memory-planned (mutable state) and carries its initial zeros in the .pte."""
     from executorch.exir._serialize._program import deserialize_pte_binary
 
-    program = deserialize_pte_binary(exported[name].path.read_bytes())
-    program = getattr(program, "program", program)
-    tensors = [v.val for v in program.execution_plan[0].values if type(v.val).__name__ == "Tensor"]
+    pte_file = deserialize_pte_binary(exported[name].path.read_bytes())
+    tensors = [v.val for v in pte_file.program.execution_plan[0].values if type(v.val).__name__ == "Tensor"]
     initialized = [t for t in tensors if t.allocation_info is not None and t.data_buffer_idx > 0]
     args = one_layer.args
     cache_values = args.kv_heads * CONTEXT * args.head_dim
     assert len(initialized) == 2 * args.n_layers  # k_cache and v_cache of every layer
     for t in initialized:
         assert torch.Size(t.sizes).numel() == cache_values
-        data = program.constant_buffer[t.data_buffer_idx].storage
+        data = pte_file.mutable_data[t.data_buffer_idx].storage  # initial values of mutable buffers
         assert len(data) == 4 * cache_values and not any(data)
