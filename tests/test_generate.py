@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from llama2_et.checkpoint import to_hf
-from llama2_et.generate import EagerDecoder, NoCacheDecoder, Sampler, generate, generate_text
+from llama2_et.generate import EagerDecoder, NoCacheDecoder, Sampler, StepTimes, generate, generate_text
 
 # The first line of llama2.c's doc/stories260K.md greedy sample (run.c -t 0.0 -i "Once upon a time")
 LLAMA2C_GREEDY = (
@@ -66,7 +66,7 @@ def test_top_k_and_top_p_keep_the_right_tokens():
 class StopAt:
     """A decoder whose logits always favour one token: generation must stop on it."""
 
-    max_seq_len, vocab_size = 64, 8
+    max_seq_len, vocab_size, stop_ids = 64, 8, (1, 2)
 
     def __init__(self, token):
         self.token = token
@@ -79,9 +79,16 @@ class StopAt:
 
 
 @pytest.mark.parametrize("stop", [1, 2])
-def test_generation_stops_at_bos_and_eos(stop):
+def test_generation_stops_at_the_decoders_stop_ids(stop):
     assert list(generate(StopAt(stop), [1, 5], 10, Sampler())) == []
     assert list(generate(StopAt(3), [1, 5], 4, Sampler())) == [3, 3, 3, 3]
+    assert list(generate(StopAt(stop), [1, 5], 3, Sampler(), stop_ids=(3,))) == [stop] * 3
+
+
+def test_step_times_count_one_prefill_and_n_minus_one_decode_steps():
+    times = StepTimes()
+    assert list(generate(StopAt(3), [1, 5], 4, Sampler(), times=times)) == [3, 3, 3, 3]
+    assert len(times.decode) == 3  # the first token comes from the prefill
 
 
 def test_bad_lengths_are_clear_errors(stories260k, tok512):
