@@ -1,15 +1,12 @@
-"""ExecuTorch's own LLM tooling as the reference for our model, our .pte and the bench.
+"""ExecuTorch's own LLM export (export_llm) and TextLLMRunner as the reference for our model and .pte.
 
 - export_llm's .pte of stories260K (ExecuTorch's own llama implementation, fed our weights through
   save_meta) gives the logits and greedy tokens of our eager model;
-- our positions-design .pte runs unchanged in ExecuTorch's TextLLMRunner, greedy text equal to eager;
-- the bench's measurement path (subprocess workers, RSS, JSON) on the eager rows.
+- our positions-design .pte runs unchanged in ExecuTorch's TextLLMRunner, greedy text equal to eager.
 
 Run time: 1.5 minutes of CPU; 6 minutes wall on the shared 2-core machine, most of it the two exports
 (export_llm's alone about 50 s of CPU).
 """
-
-import json
 
 import pytest
 import torch
@@ -81,23 +78,3 @@ def test_export_peer_rejects_bad_arguments(stories260k, tmp_path):
         export_peer(stories260k, tmp_path / "peer.bin")
     with pytest.raises(ValueError, match="max_seq_len=1024"):
         export_peer(stories260k, tmp_path / "peer.pte", max_seq_len=1024)
-
-
-def test_bench_eager_rows(data_dir, tmp_path, capsys):
-    """The bench's measurement path: a worker process per row, RSS, the table, the JSON."""
-    from llama2_et.bench import run_bench
-
-    out = tmp_path / "bench.json"
-    run_bench(
-        ["stories260K"], out=out, rows=["eager-nocache", "eager"], prompt_tokens=16, new_tokens=4, repeats=1
-    )
-    result = json.loads(out.read_text())["models"]["stories260K"]
-    assert result["prompt_tokens"] == 16
-    rows = {r["key"]: r for r in result["rows"]}
-    assert set(rows) == {"eager-nocache", "eager"}
-    for r in rows.values():
-        assert r["greedy_match"] == 1.0  # a fresh process reloading save_meta's files gives eager's tokens
-        assert r["generated_tokens"] == 4
-        assert r["prefill_tps"] > 0 and r["decode_tps"] > 0
-        assert r["peak_rss_mib"] >= r["rss_increase_mib"] > 0
-    assert "eager PyTorch, KV cache" in capsys.readouterr().out
