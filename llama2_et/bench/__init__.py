@@ -74,8 +74,8 @@ def bench_model(
     rounds: int,
     progress: Callable,
     bandwidth: float,
+    threads: int,
     reuse: bool = False,
-    threads: int = 0,
 ) -> dict:
     """Export, measure every row in its own process, then ours vs export_llm's alternating for `rounds` rounds."""
     work.mkdir(parents=True, exist_ok=True)
@@ -100,18 +100,13 @@ def bench_model(
         "new_tokens": new_tokens,
         "repeats": repeats,
         "reference": str(ref_path),
-        "threads": threads or torch.get_num_threads(),
+        "threads": threads,
     }
-    runs = {}
+    results = []
     for row in progress(rows, desc=f"{bm.name}: measure", unit="row"):
-        spec = {
-            **base,
-            "row": row.key,
-            "kind": row.kind,
-            "program": programs.get(row.program, {}).get("path"),
-        }
-        runs[row.key] = measure(spec, work)
-    results = [summarize(row, [runs[row.key]], programs.get(row.program)) for row in rows]
+        program = programs.get(row.program)
+        spec = {**base, "row": row.key, "kind": row.kind, "program": program and program["path"]}
+        results.append(summarize(row, measure(spec, work), program))
     add_ratios(results)
     add_roofline(results, rows, bm.model.args, len(bm.prompt_ids), new_tokens, bandwidth)
     paired, profiles = {}, {}
@@ -205,8 +200,8 @@ def run_bench(
                 rounds,
                 tqdm,
                 result["read_bandwidth"]["bytes_per_s"],
-                work_dir is not None,
                 threads,
+                work_dir is not None,
             )
             result["models"][name] = model_result
             show(format_table(name, model_result))

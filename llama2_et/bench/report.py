@@ -11,10 +11,9 @@ import torch
 from .rows import EXPORT_LLM, Row
 
 
-def summarize(row: Row, runs: list[dict], program: dict | None) -> dict:
-    """One table row from one or more measurement processes (medians over all their repetitions)."""
-    prefill = [x for run in runs for x in run["prefill_tps"]]
-    decode = [x for run in runs for x in run["decode_tps"]]
+def summarize(row: Row, run: dict, program: dict | None) -> dict:
+    """One table row from a measurement process (medians over its repetitions) and the program it ran."""
+    prefill, decode = run["prefill_tps"], run["decode_tps"]
     out = {
         "key": row.key,
         "label": row.label,
@@ -22,15 +21,14 @@ def summarize(row: Row, runs: list[dict], program: dict | None) -> dict:
         "decode_tps": statistics.median(decode),
         "prefill_tps_all": prefill,
         "decode_tps_all": decode,
-        "peak_rss_mib": max(run["peak_rss_mib"] for run in runs),
-        "rss_increase_mib": max(run["rss_increase_mib"] for run in runs),
-        "greedy_match": runs[0]["greedy_match"],
-        "generated_tokens": runs[0]["generated_tokens"],
-        "processes": len(runs),
+        "peak_rss_mib": run["peak_rss_mib"],
+        "rss_increase_mib": run["rss_increase_mib"],
+        "greedy_match": run["greedy_match"],
+        "generated_tokens": run["generated_tokens"],
     }
     for key in ("teacher_forced_agreement", "max_logit_error"):
-        if key in runs[0]:
-            out[key] = runs[0][key]
+        if key in run:
+            out[key] = run[key]
     if program:
         out.update(file_bytes=program["bytes"], export_s=program["export_s"], program=program["path"])
         if "delegation" in program:
