@@ -105,11 +105,16 @@ def format_table(name: str, model_result: dict) -> str:
 
 
 def format_bandwidth(bandwidth: dict) -> str:
-    """The measured read bandwidth in one line."""
-    return (
+    """The measured read bandwidth, and the cache size below which a roof above 100% is possible."""
+    line = (
         f"read bandwidth: {bandwidth['bytes_per_s'] / 1e9:.1f} GB/s (median of {len(bandwidth['per_pass'])} sums"
         f" of a {bandwidth['buffer_bytes'] / 2**20:,.0f} MiB buffer, {bandwidth['threads']} threads)"
     )
+    if llc := bandwidth["last_level_cache_bytes"]:
+        line += (
+            f"; last-level cache {llc / 2**20:.0f} MiB: a program reading less per token can exceed the roof"
+        )
+    return line
 
 
 def machine_info() -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -66,7 +67,21 @@ def read_bandwidth(buffer_bytes: int = 2**30, passes: int = 5) -> dict:
         "per_pass": per_pass,
         "buffer_bytes": buffer.nbytes,
         "threads": torch.get_num_threads(),
+        "last_level_cache_bytes": last_level_cache_bytes(),
     }
+
+
+def last_level_cache_bytes() -> int | None:
+    """Size of CPU 0's last-level cache from Linux's sysfs, or None where sysfs does not say.
+
+    A program that reads fewer bytes per token than this can be served from the cache, above the roof.
+    """
+    sizes = {}
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        size = (index / "size").read_text().strip()  # e.g. 32768K
+        units = {"K": 2**10, "M": 2**20}
+        sizes[int((index / "level").read_text())] = int(size.rstrip("KM")) * units.get(size[-1], 1)
+    return sizes[max(sizes)] if sizes else None
 
 
 def add_roofline(
