@@ -36,7 +36,15 @@ from .report import (
 from .roofline import add_roofline
 from .rows import KEY_PAIR, ROW_KEYS, ROWS, Row, export_programs
 
-__all__ = ["LONG_CONTEXT_CASE", "MODELS", "ROWS", "format_profile", "format_table", "run_bench"]
+__all__ = [
+    "LONG_CONTEXT_CASE",
+    "MODELS",
+    "ROWS",
+    "format_paired",
+    "format_profile",
+    "format_table",
+    "run_bench",
+]
 
 # The long-context case: a 1024-position cache, most of it filled, our program and export_llm's.
 LONG_CONTEXT_CASE = {
