@@ -135,16 +135,17 @@ def cmd_build_runner(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from .bench import MODELS, run_bench
+    from .bench import LONG_CONTEXT_CASE, MODELS, run_bench
 
     quick = args.quick  # stories260K only, short runs: the book chapter's and the smoke test's setting
     models = args.models.split(",") if args.models else (["stories260K"] if quick else list(MODELS))
+    case = LONG_CONTEXT_CASE if args.long_context else {}
     run_bench(
-        models,
+        case.get("models", models),
         out=args.out,
-        rows=args.rows.split(",") if args.rows else None,
-        prompt_tokens=args.prompt_tokens or (32 if quick else 64),
-        new_tokens=args.new_tokens or (32 if quick else 128),
+        rows=case.get("rows", args.rows.split(",") if args.rows else None),
+        prompt_tokens=case.get("prompt_tokens", args.prompt_tokens or (32 if quick else 64)),
+        new_tokens=case.get("new_tokens", args.new_tokens or (32 if quick else 128)),
         repeats=args.repeats or (2 if quick else 3),
         rounds=args.rounds or (3 if quick else 10),
         work_dir=args.work_dir,
@@ -217,7 +218,15 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", help="prefill/decode speed, RSS and size of every runtime vs ExecuTorch's export_llm"
     )
     p.add_argument("--quick", action="store_true", help="stories260K only, 32+32 tokens, fewer repetitions")
-    p.add_argument("--models", default=None, help="comma-separated: stories15M-shape,stories260K")
+    p.add_argument(
+        "--models", default=None, help="comma-separated: stories15M-shape,stories260K,stories15M-shape-1k"
+    )
+    p.add_argument(
+        "--long-context",
+        action="store_true",
+        help="the stories15M shape with a 1024-position context: 480-token prompt, 300 new tokens, "
+        "our .pte vs export_llm's",
+    )
     p.add_argument(
         "--rows", default=None, help="comma-separated subset of rows (default: all; see bench.ROWS)"
     )
@@ -228,7 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--repeats", type=int, default=None, help="timed runs per process after a warm-up (default 3)"
     )
     p.add_argument(
-        "--rounds", type=int, default=None, help="alternating runs of ours vs peer, one process (default 10)"
+        "--rounds",
+        type=int,
+        default=None,
+        help="alternating runs of our .pte vs export_llm's, one process (default 10)",
     )
     p.add_argument(
         "--work-dir", default=None, help="keep the exported programs here, reusing those already there"

@@ -1,6 +1,6 @@
-"""ExecuTorch's own LLM tooling as the reference: `export_llm` makes a .pte, `TextLLMRunner` runs it.
+"""ExecuTorch's own LLM export (`export_llm`) and runner (`TextLLMRunner`), driven from Python.
 
-The peer is what a reader would use without this project: the llama implementation shipped in the
+This is what a reader would use without this project: the llama implementation shipped in the
 executorch wheel (examples/models/llama), exported by `python -m executorch.extension.llm.export.
 export_llm` from a checkpoint in Meta's format, with a KV cache, the custom SDPA op and XNNPACK,
 then run by the C++ `TextLLMRunner` through its Python binding. The same runner also runs our
@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .checkpoint import save_meta
+from .contract import BOS_ID, STOP_IDS
 from .model import Transformer
+from .runtime import register_llm_custom_ops
 
 EXPORT_LLM = "executorch.extension.llm.export.export_llm"
 
@@ -27,8 +29,8 @@ def export_peer(
     model: Transformer,
     out_path: str | Path,
     max_seq_len: int | None = None,
-    bos_id: int = 1,
-    eos_ids: tuple[int, ...] = (1, 2),
+    bos_id: int = BOS_ID,
+    eos_ids: tuple[int, ...] = STOP_IDS,
     xnnpack: bool = True,
 ) -> Path:
     """Write `model` as a .pte made by ExecuTorch's export_llm (KV cache, custom SDPA, fp32).
@@ -39,14 +41,14 @@ def export_peer(
     """
     out_path = Path(out_path).resolve()
     if out_path.suffix != ".pte":
-        raise ValueError(f"{out_path}: the peer's output must be a .pte file")
+        raise ValueError(f"{out_path}: export_llm's output must be a .pte file")
     max_seq_len = max_seq_len or model.args.max_seq_len
     if not 1 < max_seq_len <= model.args.max_seq_len:
         raise ValueError(
             f"max_seq_len={max_seq_len} must be in 2..{model.args.max_seq_len} (the model's context)"
         )
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="peer_export_") as work:
+    with tempfile.TemporaryDirectory(prefix="export_llm_") as work:
         meta = save_meta(model, Path(work) / "meta")
         params_file = meta / "params.json"
         params = json.loads(params_file.read_text())
@@ -77,11 +79,6 @@ def export_peer(
     return out_path
 
 
-def load_runner_ops() -> None:
-    """Register the llama custom ops (custom_sdpa, update_cache) that export_llm's programs call."""
-    from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401  (the import registers them)
-
-
 @dataclass
 class RunnerOutput:
     """What one TextLLMRunner.generate call produced."""
@@ -106,7 +103,7 @@ class TextRunner:
                 f"{tokenizer_path}: TextLLMRunner reads a sentencepiece .model (e.g. tok512.model), "
                 "not llama2.c's tokenizer.bin"
             )
-        load_runner_ops()
+        register_llm_custom_ops()
         from executorch.extension.llm.runner import TextLLMRunner
 
         self.pte_path = pte_path

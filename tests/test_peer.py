@@ -1,21 +1,22 @@
-"""ExecuTorch's own LLM tooling as the reference for our model, our .pte and the bench.
+"""ExecuTorch's own LLM export (export_llm) and TextLLMRunner as the reference for our model and .pte.
 
 - export_llm's .pte of stories260K (ExecuTorch's own llama implementation, fed our weights through
   save_meta) gives the logits and greedy tokens of our eager model;
-- our positions-design .pte runs unchanged in ExecuTorch's TextLLMRunner, greedy text equal to eager;
-- the bench's measurement path (subprocess workers, RSS, JSON) on the eager rows.
+- our gather-design .pte runs unchanged in ExecuTorch's TextLLMRunner, greedy text equal to eager.
 
 Run time: 1.5 minutes of CPU; 6 minutes wall on the shared 2-core machine, most of it the two exports
 (export_llm's alone about 50 s of CPU).
 """
 
-import json
-
 import pytest
 import torch
 
+from llama2_et.__main__ import main
 from llama2_et.generate import EagerDecoder, Sampler, generate_text
-from llama2_et.peer import TextRunner, export_peer, load_runner_ops
+from llama2_et.peer import TextRunner, export_peer
+from llama2_et.runtime import PteDecoder, register_llm_custom_ops
+
+pytestmark = pytest.mark.slow
 
 PROMPT = "Once upon a time"
 NEW_TOKENS = 60
@@ -36,7 +37,7 @@ def peer_pte(stories260k, tmp_path_factory):
 
 def test_peer_logits_equal_our_eager_model(peer_pte, stories260k, tok512):
     """ExecuTorch's llama (custom SDPA, XNNPACK) on our weights: same logits, prefill and decode."""
-    load_runner_ops()
+    register_llm_custom_ops()
     from executorch.runtime import Runtime
 
     method = Runtime.get().load_program(peer_pte).load_method("forward")
@@ -62,11 +63,19 @@ def test_peer_in_text_runner_gives_eager_greedy_text(peer_pte, data_dir, eager_t
     assert len(out.pieces) == NEW_TOKENS
 
 
-def test_our_positions_pte_runs_in_text_runner(stories260k_pte, data_dir, eager_text):
-    pte = stories260k_pte("positions", "xnnpack")
+def test_our_gather_pte_runs_in_text_runner(stories260k_pte, data_dir, eager_text):
+    pte = stories260k_pte("gather", "xnnpack")
     runner = TextRunner(pte, data_dir / "tok512.model")
     assert runner.generate(PROMPT, NEW_TOKENS).text == eager_text
     assert runner.generate(PROMPT, NEW_TOKENS).text == eager_text  # reset between calls
+
+
+def test_our_runtime_runs_export_llm_programs(peer_pte, tok512, eager_text, capsys):
+    """`run` registers ExecuTorch's LLM kernels (custom_sdpa, update_cache) that export_llm's program calls."""
+    assert PteDecoder(peer_pte).stop_ids == (1, 2)
+    argv = ["run", "--pte", str(peer_pte), "--tokenizer", str(tok512.path), "--prompt", PROMPT]
+    assert main([*argv, "--max-new-tokens", str(NEW_TOKENS)]) == 0
+    assert capsys.readouterr().out == PROMPT + eager_text + "\n"
 
 
 def test_text_runner_rejects_bad_inputs(peer_pte, data_dir, tmp_path):
@@ -81,23 +90,3 @@ def test_export_peer_rejects_bad_arguments(stories260k, tmp_path):
         export_peer(stories260k, tmp_path / "peer.bin")
     with pytest.raises(ValueError, match="max_seq_len=1024"):
         export_peer(stories260k, tmp_path / "peer.pte", max_seq_len=1024)
-
-
-def test_bench_eager_rows(data_dir, tmp_path, capsys):
-    """The bench's measurement path: a worker process per row, RSS, the table, the JSON."""
-    from llama2_et.bench import run_bench
-
-    out = tmp_path / "bench.json"
-    run_bench(
-        ["stories260K"], out=out, rows=["eager-nocache", "eager"], prompt_tokens=16, new_tokens=4, repeats=1
-    )
-    result = json.loads(out.read_text())["models"]["stories260K"]
-    assert result["prompt_tokens"] == 16
-    rows = {r["key"]: r for r in result["rows"]}
-    assert set(rows) == {"eager-nocache", "eager"}
-    for r in rows.values():
-        assert r["greedy_match"] == 1.0  # a fresh process reloading save_meta's files gives eager's tokens
-        assert r["generated_tokens"] == 4
-        assert r["prefill_tps"] > 0 and r["decode_tps"] > 0
-        assert r["peak_rss_mib"] >= r["rss_increase_mib"] > 0
-    assert "eager PyTorch, KV cache" in capsys.readouterr().out

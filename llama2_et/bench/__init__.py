@@ -1,0 +1,223 @@
+"""Measured comparisons: speed, memory and file size of every runtime, next to ExecuTorch's own LLM export.
+
+For each model (a stories15M-shaped model with random weights, and the real stories260K) the bench
+exports our programs and the one ExecuTorch's own LLM export (export_llm) makes, run by
+ExecuTorch's TextLLMRunner, then measures each runtime in its own process (workers.py), so that
+peak RSS belongs to that runtime alone. Every row also says whether its greedy tokens equal fp32
+eager's; our .pte rows report the largest logit error against fp32 eager, teacher-forced on eager's
+tokens, so what quantization costs is shown next to what it buys. The machine's read bandwidth
+puts each decode speed against the memory roofline (roofline.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import save_meta
+from .models import LONG_CONTEXT_MODEL, MODELS, BenchModel, build_model, eager_reference
+from .profile import format_profile
+from .report import (
+    add_ratios,
+    format_bandwidth,
+    format_paired,
+    format_table,
+    machine_info,
+    paired_ratios,
+    summarize,
+)
+from .roofline import add_roofline
+from .rows import KEY_PAIR, ROW_KEYS, ROWS, Row, export_programs
+
+__all__ = [
+    "LONG_CONTEXT_CASE",
+    "MODELS",
+    "ROWS",
+    "format_paired",
+    "format_profile",
+    "format_table",
+    "run_bench",
+]
+
+# The long-context case: a 1024-position cache, most of it filled, our program and export_llm's.
+LONG_CONTEXT_CASE = {
+    "models": [LONG_CONTEXT_MODEL],
+    "rows": ["pte-xnnpack", *KEY_PAIR],
+    "prompt_tokens": 480,
+    "new_tokens": 300,
+}
+
+
+def measure(spec: dict, work: Path) -> dict:
+    """Run one measurement in a fresh Python process (workers.py) and return its result."""
+    spec_path = work / f"spec_{spec['row']}.json"
+    result_path = work / f"result_{spec['row']}.json"
+    spec_path.write_text(json.dumps(spec))
+    result_path.unlink(missing_ok=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "llama2_et.bench.workers", str(spec_path), str(result_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": str(spec["threads"])},
+    )
+    if proc.returncode != 0 or not result_path.is_file():
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise RuntimeError(f"measuring {spec['row']} failed (exit {proc.returncode}):\n{tail}")
+    return json.loads(result_path.read_text())
+
+
+def bench_model(
+    bm: BenchModel,
+    work: Path,
+    rows: list[Row],
+    new_tokens: int,
+    repeats: int,
+    rounds: int,
+    progress: Callable,
+    bandwidth: float,
+    threads: int,
+    reuse: bool = False,
+) -> dict:
+    """Export, measure every row in its own process, then ours vs export_llm's alternating for `rounds` rounds."""
+    work.mkdir(parents=True, exist_ok=True)
+    ref_path = work / "reference.pt"
+    torch.save(eager_reference(bm.model, bm.prompt_ids, new_tokens), ref_path)
+    meta_dir = save_meta(bm.model, work / "meta")
+    programs = export_programs(bm, work, {r.program for r in rows if r.program}, progress, reuse)
+    cpp_binary = tokenizer_bin = None
+    if any(r.kind == "cpp" for r in rows):
+        from ..cpp import build_runner
+        from ..tokenizer import export_llama2c
+
+        cpp_binary = str(build_runner())
+        tokenizer_bin = str(export_llama2c(bm.tokenizer.path, work / "tokenizer.bin"))
+    base = {
+        "checkpoint": str(meta_dir),
+        "tokenizer": str(bm.tokenizer.path),
+        "tokenizer_bin": tokenizer_bin,
+        "cpp_binary": cpp_binary,
+        "prompt": bm.prompt,
+        "prompt_ids": bm.prompt_ids,
+        "new_tokens": new_tokens,
+        "repeats": repeats,
+        "reference": str(ref_path),
+        "threads": threads,
+    }
+    results = []
+    for row in progress(rows, desc=f"{bm.name}: measure", unit="row"):
+        program = programs.get(row.program)
+        spec = {**base, "row": row.key, "kind": row.kind, "program": program and program["path"]}
+        results.append(summarize(row, measure(spec, work), program))
+    add_ratios(results)
+    add_roofline(results, rows, bm.model.args, len(bm.prompt_ids), new_tokens, bandwidth)
+    paired, profiles = {}, {}
+    pair_rows = [row for key in KEY_PAIR for row in rows if row.key == key]
+    if len(pair_rows) == len(KEY_PAIR):  # one process alternating both: load drifts cancel in each ratio
+        spec = {**base, "row": "pair", "kind": "pair", "rounds": rounds}
+        spec["programs"] = [programs[row.program]["path"] for row in pair_rows]
+        with progress(total=1, desc=f"{bm.name}: ours vs export_llm, {rounds} interleaved rounds") as bar:
+            paired = paired_ratios(measure(spec, work))
+            bar.update()
+        for row in pair_rows:  # where a decode step's time goes
+            spec = {
+                **base,
+                "row": f"profile_{row.key}",
+                "kind": "profile",
+                "program": programs[row.program]["path"],
+            }
+            profiles[row.label] = measure(spec, work)
+    return {
+        "prompt_tokens": len(bm.prompt_ids),
+        "new_tokens": new_tokens,
+        "params": bm.model.args.to_dict(),
+        "rows": results,
+        "paired_ratios": paired,
+        "profile": profiles,
+    }
+
+
+def run_bench(
+    models: list[str],
+    out: str | Path | None = None,
+    rows: list[str] | None = None,
+    prompt_tokens: int = 64,
+    new_tokens: int = 128,
+    repeats: int = 3,
+    rounds: int = 10,
+    work_dir: str | Path | None = None,
+    threads: int | None = None,
+    bandwidth_buffer: int = 2**30,
+    show: Callable[[str], None] = print,
+) -> dict:
+    """Bench the named models side by side, print their tables and ratios, write JSON to `out`.
+
+    With `work_dir` the exported programs are kept there, and programs already there are reused.
+    `threads` sets PyTorch's and ExecuTorch's thread pools in the workers (default: as installed;
+    the C++ runner keeps its own). `bandwidth_buffer` is the bytes summed to measure read bandwidth:
+    far more than the last-level cache.
+    """
+    from tqdm import tqdm
+
+    unknown = set(rows or ()) - set(ROW_KEYS)
+    if unknown:
+        raise ValueError(f"unknown rows {sorted(unknown)}; choose from {', '.join(ROW_KEYS)}")
+    if repeats < 1 or rounds < 1 or new_tokens < 2:
+        raise ValueError(
+            f"need repeats >= 1, rounds >= 1 and new_tokens >= 2, got {repeats}, {rounds}, {new_tokens}"
+        )
+    selected = [r for r in ROWS if rows is None or r.key in rows]
+    threads = threads or torch.get_num_threads()
+    result = {
+        "machine": machine_info(),
+        "threads": threads,
+        "repeats": repeats,
+        "rounds": rounds,
+        "models": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="llama2_et_bench_") as tmp:
+        work = Path(work_dir) if work_dir else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        spec = {
+            "row": "bandwidth",
+            "kind": "bandwidth",
+            "threads": threads,
+            "buffer_bytes": bandwidth_buffer,
+            "passes": 5,
+        }
+        result["read_bandwidth"] = measure(spec, work)
+        show(format_bandwidth(result["read_bandwidth"]))
+        for name in models:
+            bm = build_model(name, prompt_tokens)
+            if len(bm.prompt_ids) + new_tokens > bm.model.args.max_seq_len:
+                raise ValueError(
+                    f"{name}: prompt + new_tokens exceeds max_seq_len={bm.model.args.max_seq_len}"
+                )
+            model_result = bench_model(
+                bm,
+                work / name,
+                selected,
+                new_tokens,
+                repeats,
+                rounds,
+                tqdm,
+                result["read_bandwidth"]["bytes_per_s"],
+                threads,
+                work_dir is not None,
+            )
+            result["models"][name] = model_result
+            show(format_table(name, model_result))
+            if model_result["profile"]:
+                show(format_profile(model_result["profile"]))
+            if model_result["paired_ratios"]:
+                show(format_paired(model_result["paired_ratios"]))
+    if out is not None:
+        Path(out).write_text(json.dumps(result, indent=2))
+        show(f"wrote {out}")
+    return result

@@ -1,0 +1,85 @@
+"""The rows of the bench (one runtime each) and the programs they run, built for a model."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..contract import DEFAULT_DESIGN
+from .models import BenchModel
+
+GATHER = DEFAULT_DESIGN  # our default design, which TextLLMRunner runs too: forward(tokens, input_pos)
+EXPORT_LLM = "export-llm"  # the row and program of ExecuTorch's own LLM export
+
+
+@dataclass(frozen=True)
+class Row:
+    """One runtime to measure: how it runs (kind), which program file it runs, what a decode step reads."""
+
+    key: str
+    label: str
+    kind: str  # eager-nocache | eager | pte | text-runner | cpp
+    program: str | None = None  # a key of the programs built for the model
+    weights: str = "fp32"  # fp32 | 8da8w | 8da4w
+    kv_read: str = "all"  # per decode step: all max_seq_len cache positions, the filled ones, or none
+
+
+ROWS = (
+    Row("eager-nocache", "eager PyTorch, no cache", "eager-nocache", kv_read="none"),
+    Row("eager", "eager PyTorch, KV cache", "eager"),
+    Row("pte-portable", "our .pte portable (preproc, Python runtime)", "pte", "portable"),
+    Row("pte-xnnpack", "our .pte XNNPACK fp32 (preproc, Python runtime)", "pte", "xnnpack"),
+    Row("pte-8da8w", "our .pte XNNPACK 8da8w (preproc, Python runtime)", "pte", "8da8w", "8da8w"),
+    Row("pte-8da4w", "our .pte XNNPACK 8da4w (preproc, Python runtime)", "pte", "8da4w", "8da4w"),
+    Row("cpp", f"our C++ runner ({GATHER} .pte, XNNPACK fp32)", "cpp", GATHER),
+    Row("runner-ours", f"TextLLMRunner (our {GATHER} .pte, XNNPACK fp32)", "text-runner", GATHER),
+    Row(
+        EXPORT_LLM,
+        "TextLLMRunner (export_llm's .pte, XNNPACK fp32)",
+        "text-runner",
+        EXPORT_LLM,
+        kv_read="filled",  # its custom SDPA attends to the filled prefix of the cache only
+    ),
+)
+ROW_KEYS = tuple(r.key for r in ROWS)
+KEY_PAIR = ("runner-ours", EXPORT_LLM)  # same runner, so only the programs differ: measured interleaved
+
+
+def export_programs(
+    bm: BenchModel, work: Path, keys: set[str], progress: Callable, reuse: bool = False
+) -> dict[str, dict]:
+    """Export the programs the rows need: {key: {"path", "bytes", "export_s"}}; reuse existing files if asked."""
+    from ..peer import export_peer
+
+    def ours(**options) -> Callable[[Path], object]:
+        def build(path: Path) -> object:
+            from ..export import export_pte
+
+            return export_pte(bm.model, path, **options)
+
+        return build
+
+    builders = {
+        "portable": ours(design="preproc", backend="portable"),
+        "xnnpack": ours(design="preproc", backend="xnnpack"),
+        "8da8w": ours(design="preproc", backend="xnnpack", quantize_scheme="8da8w"),
+        "8da4w": ours(design="preproc", backend="xnnpack", quantize_scheme="8da4w"),
+        GATHER: ours(design=GATHER, backend="xnnpack"),
+        EXPORT_LLM: lambda path: export_peer(bm.model, path),
+    }
+    programs = {}
+    for key in progress([k for k in builders if k in keys], desc=f"{bm.name}: export", unit="pte"):
+        path = work / f"{key}.pte"
+        reused = reuse and path.is_file()
+        start = time.perf_counter()
+        report = None if reused else builders[key](path)
+        export_s = None if reused else time.perf_counter() - start
+        programs[key] = {"path": str(path), "bytes": path.stat().st_size, "export_s": export_s}
+        if hasattr(report, "delegate_calls"):  # our export reports what it delegated
+            programs[key]["delegation"] = {
+                name: getattr(report, name)
+                for name in ("delegate_calls", "delegated_nodes", "portable_nodes", "portable_ops")
+            }
+    return programs

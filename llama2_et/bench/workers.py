@@ -1,0 +1,206 @@
+"""One measurement in its own process, so that its peak RSS belongs to the runtime it measures.
+
+Run as `python -m llama2_et.bench.workers SPEC.json RESULT.json`; the spec's "kind" says what to
+measure: a row's runtime (eager-nocache, eager, pte, text-runner, cpp), both TextLLMRunner programs
+alternating (pair), an ETDump decode profile (profile) or the machine's read bandwidth (bandwidth).
+A timed run is a warm-up, then `repeats` runs of a fixed prefill and N greedy tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import load_checkpoint
+from ..generate import Sampler, StepTimes, generate
+from ..tokenizer import Tokenizer
+
+
+def timed_greedy(decoder, prompt_ids: list[int], new_tokens: int) -> tuple[float, float, list[int]]:
+    """One greedy run of a Decoder: prefill tok/s, decode tok/s (new_tokens - 1 steps), the new tokens."""
+    times = StepTimes()
+    tokens = list(generate(decoder, prompt_ids, new_tokens, Sampler(), stop_ids=(), times=times))
+    return len(prompt_ids) / times.prefill, (new_tokens - 1) / sum(times.decode), tokens
+
+
+def timed_runner(runner, prompt: str, new_tokens: int) -> tuple[float, float, object]:
+    """One greedy TextLLMRunner run: prefill tok/s (to the first piece), decode tok/s, its output."""
+    out = runner.generate(prompt, new_tokens)
+    t = out.piece_times
+    return out.stats["prompt_tokens"] / t[0], (len(t) - 1) / (t[-1] - t[0]), out
+
+
+def teacher_forced(decoder, prompt_ids: list[int], reference: dict) -> dict:
+    """Logits on eager's own tokens: the largest error and how often the argmax agrees."""
+    decoder.reset()
+    logits = [decoder.step(prompt_ids, 0)]
+    for i, token in enumerate(reference["tokens"][:-1]):
+        logits.append(decoder.step([token], len(prompt_ids) + i))
+    logits = torch.stack(logits).float()  # (N, V)
+    ref = reference["logits"]
+    return {
+        "max_logit_error": float((logits - ref).abs().max()),
+        "teacher_forced_agreement": float((logits.argmax(-1) == ref.argmax(-1)).float().mean()),
+    }
+
+
+def match(tokens: list[int], reference: list[int]) -> float:
+    """Fraction of positions where greedy tokens equal eager's."""
+    return sum(a == b for a, b in zip(tokens, reference, strict=False)) / len(reference)
+
+
+def set_threads(threads: int, executorch: bool = True) -> None:
+    """Size PyTorch's thread pool and ExecuTorch's (shared by the Python runtime and TextLLMRunner)."""
+    torch.set_num_threads(threads)
+    if executorch:
+        from executorch.extension.pybindings import portable_lib
+
+        portable_lib._unsafe_reset_threadpool(threads)
+
+
+def status_kib(field: str) -> int:
+    """A memory field of /proc/self/status (VmRSS, VmHWM), in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def reset_peak_rss() -> int:
+    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS; return that RSS in KiB."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return status_kib("VmRSS")
+
+
+def measure_pair(spec: dict) -> dict:
+    """Our program and export_llm's in one process, alternating run by run (and who goes first)."""
+    from ..peer import TextRunner
+
+    names = ("ours", "export_llm")
+    runners = {
+        name: TextRunner(path, spec["tokenizer"]) for name, path in zip(names, spec["programs"], strict=True)
+    }
+    result = {name: {"prefill_tps": [], "decode_tps": []} for name in names}
+    for runner in runners.values():
+        timed_runner(runner, spec["prompt"], spec["new_tokens"])  # warm-up
+    for i in range(spec["rounds"]):
+        for name in names if i % 2 == 0 else names[::-1]:
+            prefill, decode, _ = timed_runner(runners[name], spec["prompt"], spec["new_tokens"])
+            result[name]["prefill_tps"].append(prefill)
+            result[name]["decode_tps"].append(decode)
+    return result
+
+
+def measure_runtime(spec: dict, reference: dict) -> dict:
+    """Time one in-process runtime (eager, .pte or TextLLMRunner): per-repetition speeds and peak RSS."""
+    kind, prompt_ids, n = spec["kind"], spec["prompt_ids"], spec["new_tokens"]
+    if kind == "pte":
+        from ..runtime import PteDecoder
+    elif kind == "text-runner":
+        from ..peer import TextRunner
+        from ..runtime import register_llm_custom_ops
+
+        register_llm_custom_ops()
+    from ..generate import EagerDecoder, NoCacheDecoder
+
+    baseline = reset_peak_rss()
+    result: dict = {"prefill_tps": [], "decode_tps": []}
+    if kind == "text-runner":
+        runner = TextRunner(spec["program"], spec["tokenizer"])
+        for _ in range(spec["repeats"] + 1):
+            prefill, decode, out = timed_runner(runner, spec["prompt"], n)
+            result["prefill_tps"].append(prefill)
+            result["decode_tps"].append(decode)
+        tokenizer = Tokenizer(spec["tokenizer"])
+        eager_text = tokenizer.decode(prompt_ids + reference["tokens"])[len(tokenizer.decode(prompt_ids)) :]
+        result["greedy_match"] = out.text == eager_text
+        result["generated_tokens"] = len(out.pieces)
+    else:
+        if kind == "pte":
+            decoder = PteDecoder(spec["program"])
+        else:
+            model = load_checkpoint(spec["checkpoint"])
+            decoder = EagerDecoder(model) if kind == "eager" else NoCacheDecoder(model)
+        for _ in range(spec["repeats"] + 1):
+            prefill, decode, tokens = timed_greedy(decoder, prompt_ids, n)
+            result["prefill_tps"].append(prefill)
+            result["decode_tps"].append(decode)
+        result["greedy_match"] = match(tokens, reference["tokens"])
+        result["generated_tokens"] = len(tokens)
+        if kind == "pte":
+            result.update(teacher_forced(decoder, prompt_ids, reference))
+    result["prefill_tps"], result["decode_tps"] = (
+        result["prefill_tps"][1:],
+        result["decode_tps"][1:],
+    )  # warm-up
+    peak = status_kib("VmHWM")
+    result["peak_rss_mib"] = peak / 1024
+    result["rss_increase_mib"] = (peak - baseline) / 1024
+    return result
+
+
+SPEED_LINE = re.compile(r"^(prefill|decode): (\d+) tokens in [\d.]+ ms, ([\d.]+) tok/s", re.MULTILINE)
+
+
+def measure_cpp(spec: dict, reference: dict) -> dict:
+    """Run the C++ runner repeats+1 times; parse its tok/s from stderr, its peak RSS from wait4."""
+    result: dict = {"prefill_tps": [], "decode_tps": []}
+    command = [spec["cpp_binary"], "--model", spec["program"], "--tokenizer", spec["tokenizer_bin"]]
+    command += ["--prompt", spec["prompt"], "--steps", str(spec["new_tokens"]), "--temperature", "0"]
+    command += ["--print-tokens", "--warmup"]  # timed warm, as TextLLMRunner is after its warm-up run
+    peak_kib = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        stdout_path, stderr_path = Path(tmp) / "stdout", Path(tmp) / "stderr"
+        for _ in range(spec["repeats"] + 1):
+            with open(stdout_path, "w") as out, open(stderr_path, "w") as err:
+                proc = subprocess.Popen(command, stdout=out, stderr=err)
+                _, status, usage = os.wait4(proc.pid, 0)
+            stderr = stderr_path.read_text()
+            if os.waitstatus_to_exitcode(status) != 0:
+                raise RuntimeError(f"{' '.join(command)} failed:\n{stderr[-2000:]}")
+            speeds = {phase: float(tps) for phase, _, tps in SPEED_LINE.findall(stderr)}
+            result["prefill_tps"].append(speeds["prefill"])
+            result["decode_tps"].append(speeds["decode"])
+            peak_kib = max(peak_kib, usage.ru_maxrss)  # Linux: KiB
+        ids = [int(x) for x in stdout_path.read_text().split()]
+    tokens = ids[len(spec["prompt_ids"]) :]
+    result["prefill_tps"], result["decode_tps"] = (
+        result["prefill_tps"][1:],
+        result["decode_tps"][1:],
+    )  # warm-up
+    result["greedy_match"] = match(tokens, reference["tokens"])
+    result["generated_tokens"] = len(tokens)
+    result["peak_rss_mib"] = result["rss_increase_mib"] = peak_kib / 1024  # the process is the runtime
+    return result
+
+
+def measure(spec: dict) -> dict:
+    """Measure what the spec's kind names, with the spec's thread count."""
+    kind = spec["kind"]
+    if kind == "bandwidth":
+        from .roofline import read_bandwidth
+
+        torch.set_num_threads(spec["threads"])
+        return read_bandwidth(spec["buffer_bytes"], spec["passes"])
+    if kind == "cpp":  # the C++ runner sizes its own thread pool
+        return measure_cpp(spec, torch.load(spec["reference"]))
+    set_threads(spec["threads"], executorch=kind not in ("eager", "eager-nocache"))
+    if kind == "pair":
+        return measure_pair(spec)
+    if kind == "profile":
+        from .profile import profile_decode
+
+        return profile_decode(spec["program"], spec["prompt_ids"])
+    return measure_runtime(spec, torch.load(spec["reference"]))
+
+
+if __name__ == "__main__":
+    spec_file, result_file = sys.argv[1:3]
+    Path(result_file).write_text(json.dumps(measure(json.loads(Path(spec_file).read_text()))))

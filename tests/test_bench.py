@@ -1,0 +1,88 @@
+"""The bench: its byte model of a decode step, its prompts, and one run of its eager rows end to end."""
+
+import json
+
+import pytest
+
+from llama2_et.bench.models import fixed_prompt
+from llama2_et.bench.roofline import bytes_per_token, kv_positions_read
+from llama2_et.config import kv_cache_bytes, param_count, preset
+
+
+def test_fp32_decode_reads_every_parameter_and_the_whole_cache():
+    args = preset("stories15M")  # tied: the embedding table is also the classifier, read whole
+    expected = 4 * param_count(args) + 4 * args.dim + kv_cache_bytes(args)
+    assert bytes_per_token(args, args.max_seq_len) == expected
+
+
+def test_untied_embedding_table_is_read_one_row_at_a_time():
+    args = preset("stories15M").replace(tie_embeddings=False)
+    table = args.vocab_size * args.dim
+    expected = 4 * (param_count(args) - table) + 4 * args.dim + kv_cache_bytes(args)
+    assert bytes_per_token(args, args.max_seq_len) == expected
+
+
+def test_filled_cache_and_quantized_weights():
+    args = preset("stories260K")
+    filled = kv_cache_bytes(args.replace(max_seq_len=100))
+    assert bytes_per_token(args, 100) == 4 * param_count(args) + 4 * args.dim + filled
+    file_bytes = 545_664  # the 8da4w program's size: quantized matrices beside the fp32 embedding table
+    table = 4 * args.vocab_size * args.dim
+    assert bytes_per_token(args, 100, file_bytes) == file_bytes - table + 4 * args.dim + filled
+
+
+def test_kv_positions_read_per_decode_step():
+    assert kv_positions_read("all", 256, 64, 128) == 256
+    assert kv_positions_read("none", 256, 64, 128) == 0
+    # decode steps write positions 64..190, so they attend to 65..191 positions: 128 on average
+    assert kv_positions_read("filled", 256, 64, 128) == sum(range(65, 192)) / 127
+    with pytest.raises(ValueError, match="'some'"):
+        kv_positions_read("some", 256, 64, 128)
+
+
+def test_fixed_prompt_fits_and_repeats_the_story_for_long_prompts(tok512):
+    for max_tokens in (16, 480):
+        prompt, ids = fixed_prompt(tok512, max_tokens)
+        assert max_tokens - 8 < len(ids) <= max_tokens
+        assert tok512.encode(prompt, bos=True) == ids
+    assert fixed_prompt(tok512, 480)[0].count("Once upon a time") >= 2
+    with pytest.raises(ValueError, match="prompt_tokens=1"):
+        fixed_prompt(tok512, 1)
+
+
+def test_bench_eager_rows(data_dir, tmp_path, capsys):
+    """The measurement path: a worker process per row, RSS, bandwidth and roofline, the table, the JSON."""
+    from llama2_et.bench import run_bench
+
+    out = tmp_path / "bench.json"
+    run_bench(
+        ["stories260K"],
+        out=out,
+        rows=["eager-nocache", "eager"],
+        prompt_tokens=16,
+        new_tokens=4,
+        repeats=1,
+        bandwidth_buffer=64 * 2**20,
+    )
+    saved = json.loads(out.read_text())
+    bandwidth = saved["read_bandwidth"]
+    assert bandwidth["buffer_bytes"] == 64 * 2**20 and len(bandwidth["per_pass"]) == 5
+    result = saved["models"]["stories260K"]
+    assert result["prompt_tokens"] == 16
+    rows = {r["key"]: r for r in result["rows"]}
+    assert set(rows) == {"eager-nocache", "eager"}
+    args = preset("stories260K")
+    for r in rows.values():
+        assert r["greedy_match"] == 1.0  # a fresh process reloading save_meta's files gives eager's tokens
+        assert r["generated_tokens"] == 4
+        assert r["peak_rss_mib"] >= r["rss_increase_mib"] > 0
+        assert r["roof_fraction"] == pytest.approx(
+            r["decode_tps"] * r["bytes_per_token"] / bandwidth["bytes_per_s"]
+        )
+    assert rows["eager"]["bytes_per_token"] == bytes_per_token(
+        args, args.max_seq_len
+    )  # the static cache, whole
+    assert rows["eager-nocache"]["bytes_per_token"] == bytes_per_token(args, 0)
+    printed = capsys.readouterr().out
+    assert "eager PyTorch, KV cache" in printed and "read bandwidth" in printed
+    assert not any(word in printed.lower() for word in ("peer", "goal"))
