@@ -156,6 +156,7 @@ def test_resume_continues_the_uninterrupted_run_exactly(tiny, capsys):
         )
 
 
+@pytest.mark.slow  # two torchrun processes: 15 s or more
 def test_torchrun_two_processes_equal_one_process_accumulating_two(tiny):
     ddp = tiny("ddp", max_steps=4, grad_accum=1)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
