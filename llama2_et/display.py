@@ -74,13 +74,14 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]], title: str = 
 
 @dataclass(frozen=True)
 class Source:
-    """Python source code: a highlighted block in the book, the code itself as text."""
+    """Source code: a highlighted block in the book, the code itself as text."""
 
     code: str
+    language: str = "python"
 
     def _repr_markdown_(self) -> str:
         fence = "`" * max([3, *(len(run) + 1 for run in re.findall(r"`+", self.code))])
-        return f"{fence}python\n{self.code.rstrip()}\n{fence}"
+        return f"{fence}{self.language}\n{self.code.rstrip()}\n{fence}"
 
     def __repr__(self) -> str:
         return self.code.rstrip()

@@ -4,7 +4,7 @@ import pytest
 from IPython.core.formatters import DisplayFormatter
 from markdown_it import MarkdownIt
 
-from llama2_et.display import source, table
+from llama2_et.display import Source, source, table
 from llama2_et.generate import Sampler
 
 
@@ -57,3 +57,8 @@ def test_source_is_a_python_block_and_the_code_as_text():
         "\n```"
     )
     assert data["text/markdown"][len("```python\n") : -len("\n```")] == data["text/plain"]
+
+
+def test_other_languages_and_backticks_keep_their_fence():
+    markdown = rendered(Source("// a C++ line with ```backticks```", "cpp"))["text/markdown"]
+    assert markdown.startswith("````cpp\n// a C++ line") and markdown.endswith("\n````")
