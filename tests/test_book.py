@@ -19,6 +19,7 @@ from PIL import Image
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.wait import WebDriverWait
 
 from llama2_et.config import preset
 
@@ -165,6 +166,19 @@ def test_code_fits_its_block_at_1280px(built_html: Path, browser):
     assert not overflowing, "blocks wider than their box at 1280 px:\n" + "\n".join(
         f"{entry}: {block}" for entry, found in overflowing.items() for block in found
     )
+
+
+def test_page_contents_open_from_the_header_at_1280px(built_html: Path, browser):
+    """The page's contents, moved off the side to widen the code, open from the header's button."""
+    open_page(browser, built_html / "notebooks" / "06_export.html", 1280)
+    assert not browser.find_element(By.ID, "pst-secondary-sidebar").is_displayed()
+    buttons = [b for b in browser.find_elements(By.CSS_SELECTOR, ".secondary-toggle") if b.is_displayed()]
+    assert len(buttons) == 1, f"{len(buttons)} 'On this page' buttons are shown at 1280 px"
+    buttons[0].click()
+    drawer = browser.find_element(By.ID, "pst-secondary-sidebar-modal")
+    WebDriverWait(browser, 5).until(lambda _: drawer.is_displayed())
+    assert drawer.rect["width"] > 200 and "Memory planning" in drawer.text
+    screenshot(browser, "06_export_contents", 1280)
 
 
 def test_phone_width_has_no_page_overflow(built_html: Path, browser):
