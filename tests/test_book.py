@@ -1,7 +1,9 @@
-"""The book: `jupyter-book build . -W` succeeds and the built pages render in headless Chromium.
+"""The book: `jupyter-book build . -W` succeeds and every page reads well at 1280 px and at 390 px.
 
-The build runs once per session (skipped when `_build/html` is newer than every source of the book);
-screenshots land in `_build/screenshots/`. Run time: ~25 s with a build, ~10 s without (2 busy cores).
+Headless Chromium (selenium through Debian's chromedriver) opens each page: at 1280 px no code or
+output block scrolls sideways; at 390 px (a phone) the page itself never does. The build runs once
+per session (skipped when `_build/html` is newer than every source of the book); screenshots land in
+`_build/screenshots/1280/` and `/390/`. Run time: ~40 s with a build, ~20 s without (2 busy cores).
 """
 
 from __future__ import annotations
@@ -9,12 +11,15 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.wait import WebDriverWait
 
 from llama2_et.config import preset
 
@@ -22,11 +27,27 @@ ROOT = Path(__file__).resolve().parent.parent
 HTML = ROOT / "_build" / "html"
 SCREENSHOTS = ROOT / "_build" / "screenshots"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
+)
 
 
 def book_sources() -> list[Path]:
-    """Every file the build reads: the config, the toc, the prose pages and the notebooks."""
-    return [ROOT / "_config.yml", ROOT / "_toc.yml", *ROOT.glob("book/*.md"), *ROOT.glob("notebooks/*.ipynb")]
+    """Every file the build reads: the config, the toc, the prose pages, the CSS and the notebooks."""
+    return [
+        ROOT / "_config.yml",
+        ROOT / "_toc.yml",
+        *ROOT.glob("book/*.md"),
+        *ROOT.glob("book/_static/*"),
+        *ROOT.glob("notebooks/*.ipynb"),
+    ]
 
 
 def toc_files() -> list[str]:
@@ -38,7 +59,7 @@ def toc_files() -> list[str]:
 
 @pytest.fixture(scope="session")
 def built_html() -> Path:
-    """_build/html, rebuilt with `jupyter-book build . -W` when missing or older than a source."""
+    """_build/html, rebuilt whole (`--all`: Sphinx misses changed CSS) when older than a source."""
     index = HTML / "index.html"
     newest_source = max(p.stat().st_mtime for p in book_sources())
     if not index.exists() or index.stat().st_mtime < newest_source:
@@ -46,7 +67,7 @@ def built_html() -> Path:
             "jupyter-book is not installed (requirements.txt)"
         )
         result = subprocess.run(
-            [jupyter_book, "build", ".", "-W", "--keep-going"],
+            [jupyter_book, "build", ".", "-W", "--keep-going", "--all"],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -59,71 +80,60 @@ def built_html() -> Path:
     return HTML
 
 
-def chromium() -> str:
-    """Path of Debian's chromium; a failure naming the package when it is missing."""
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if path := shutil.which(name):
-            return path
-    pytest.fail("headless Chromium is needed to check the book: apt-get install chromium")
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """Headless Chromium driven by selenium through Debian's chromedriver, in a throw-away profile."""
+    binary = shutil.which("chromium") or pytest.fail(
+        "the book is checked in Chromium: apt-get install chromium"
+    )
+    driver_path = shutil.which("chromedriver") or pytest.fail(
+        "selenium drives Chromium through chromedriver: apt-get install chromium-driver"
+    )
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    driver = webdriver.Chrome(options=options, service=Service(driver_path))
+    yield driver
+    driver.quit()
 
 
-def run_chromium(tmp_path: Path, url: str, *mode: str, window: str = "1280,900") -> str:
-    """Run headless Chromium on a file URL in a throw-away profile; return its stdout."""
-    command = [
-        chromium(),
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--hide-scrollbars",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        f"--window-size={window}",
-        "--virtual-time-budget=5000",
-        *mode,
-        url,
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, f"chromium failed on {url}:\n{result.stderr[-2000:]}"
-    return result.stdout
+def open_page(driver, page: Path, width: int, height: int = 900) -> None:
+    """Load a built page in a viewport of width x height CSS pixels (a phone below 600 px)."""
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600},
+    )
+    driver.get(page.as_uri())
+    driver.execute_script("return document.fonts.ready")
 
 
-def screenshot(tmp_path: Path, page: Path, name: str, window: str = "1280,900") -> np.ndarray:
-    """Screenshot a page into _build/screenshots/<name>.png; return its pixels (H, W, C)."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    out = SCREENSHOTS / f"{name}.png"
-    out.unlink(missing_ok=True)
-    run_chromium(tmp_path, page.as_uri(), f"--screenshot={out}", window=window)
-    assert out.read_bytes()[:8] == PNG_SIGNATURE, f"{out} is not a PNG"
+def screenshot(driver, name: str, width: int) -> np.ndarray:
+    """Save the viewport as _build/screenshots/<width>/<name>.png; return its pixels (H, W, C)."""
+    out = SCREENSHOTS / str(width) / f"{name}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    png = driver.get_screenshot_as_png()
+    assert png[:8] == PNG_SIGNATURE, f"{out}: not a PNG"
+    out.write_bytes(png)
     return np.asarray(Image.open(out).convert("RGB"), dtype=np.float32)
 
 
-class ImageSources(HTMLParser):
-    """Collects the src and naturalWidth probe attributes of <img> elements."""
+# Code and output blocks, tables and display math of the article whose content is wider than their box.
+OVERFLOWING_BLOCKS = """
+const blocks = document.querySelectorAll(
+  '.bd-article pre, .bd-article table, .bd-article div.math, .bd-article div.cell_output .output');
+return [...blocks].filter(b => b.scrollWidth > b.clientWidth + 1).map(b => [
+  b.tagName + '.' + b.className, b.scrollWidth, b.clientWidth, b.textContent.trim().slice(0, 80)]);
+"""
 
-    def __init__(self):
-        super().__init__()
-        self.images: list[dict[str, str]] = []
-
-    def handle_starttag(self, tag, attrs):
-        if tag == "img":
-            self.images.append({k: v or "" for k, v in attrs})
-
-
-def figure_chapter(html: Path) -> Path:
-    """The first chapter in the toc whose built page holds a PNG figure of a notebook output."""
-    for entry in toc_files():
-        page = html / f"{entry}.html"
-        if (
-            entry.startswith("notebooks/")
-            and page.exists()
-            and re.search(r'<img[^>]+src="[^"]+\.png"', page.read_text())
-        ):
-            return page
-    pytest.fail("no chapter of the built book shows a PNG figure")
+# Every image of the article: its alt text, decoded width, laid-out width and the column's width.
+IMAGES = """
+const column = document.querySelector('.bd-article').getBoundingClientRect().width;
+return [...document.querySelectorAll('.bd-article img')].map(img => ({
+  src: img.getAttribute('src'), alt: img.getAttribute('alt') || '', natural: img.naturalWidth,
+  width: img.getBoundingClientRect().width, column: column}));
+"""
 
 
 def test_every_toc_entry_is_built(built_html: Path):
@@ -132,50 +142,76 @@ def test_every_toc_entry_is_built(built_html: Path):
         assert page.exists(), f"{entry} is in _toc.yml but {page} was not built"
 
 
-def test_introduction_page_renders(built_html: Path, tmp_path: Path):
-    page = built_html / f"{toc_files()[0]}.html"
-    dom = run_chromium(tmp_path, page.as_uri(), "--dump-dom")
-    assert "How to run it" in dom and "Where the real files come from" in dom
+def test_introduction_page_renders(built_html: Path, browser):
+    open_page(browser, built_html / f"{toc_files()[0]}.html", 1280)
+    text = browser.find_element(By.TAG_NAME, "body").get_attribute("innerHTML")
+    assert "How to run it" in text and "Where the real files come from" in text
     for entry in toc_files()[1:]:  # the navigation links every chapter
-        assert f"{Path(entry).name}.html" in dom, f"the introduction does not link {entry}"
-    pixels = screenshot(tmp_path, page, "intro")
+        assert f"{Path(entry).name}.html" in text, f"the introduction does not link {entry}"
+    pixels = screenshot(browser, "intro", 1280)
     assert pixels.shape[:2] == (900, 1280)
     assert pixels.std() > 10, "the introduction screenshot is blank"
 
 
-def test_chapter_figure_renders(built_html: Path, tmp_path: Path):
-    page = figure_chapter(built_html)
-    # A copy of the page, beside it so relative URLs resolve, that records each image's decoded
-    # width and its box on the page once everything has loaded.
-    probe = page.with_name(f"_probe_{page.name}")
-    script = (
-        "<script>window.addEventListener('load', () => { for (const img of document.images) { "
-        "const box = img.getBoundingClientRect(); "
-        "img.setAttribute('data-natural-width', img.naturalWidth); "
-        "img.setAttribute('data-box', [box.left, box.top + window.scrollY, box.width, box.height].join(',')); "
-        "} });</script>"
+def test_code_fits_its_block_at_1280px(built_html: Path, browser):
+    """At 1280 px no code, output, table or math block of any page needs a sideways scroll."""
+    overflowing, blocks = {}, 0
+    for entry in toc_files():
+        open_page(browser, built_html / f"{entry}.html", 1280)
+        screenshot(browser, Path(entry).name, 1280)
+        blocks += browser.execute_script("return document.querySelectorAll('.bd-article pre').length")
+        if found := browser.execute_script(OVERFLOWING_BLOCKS):
+            overflowing[entry] = found
+    assert blocks > 100, f"only {blocks} code blocks in the whole book: the selector misses them"
+    assert not overflowing, "blocks wider than their box at 1280 px:\n" + "\n".join(
+        f"{entry}: {block}" for entry, found in overflowing.items() for block in found
     )
-    probe.write_text(page.read_text().replace("</body>", script + "</body>"))
-    try:
-        parser = ImageSources()
-        parser.feed(run_chromium(tmp_path, probe.as_uri(), "--dump-dom"))
-        figures = [img for img in parser.images if img.get("src", "").endswith(".png")]
-        assert figures, f"{page.name}: no PNG <img> in the rendered page"
-        for img in figures:
-            path = (page.parent / img["src"]).resolve()
-            assert path.is_file() and path.stat().st_size > 0, f"{img['src']} missing or empty"
-            assert path.read_bytes()[:8] == PNG_SIGNATURE, f"{path} is not a PNG"
-            assert int(img.get("data-natural-width", "0")) > 0, f"Chromium did not decode {img['src']}"
+
+
+def test_page_contents_open_from_the_header_at_1280px(built_html: Path, browser):
+    """The page's contents, moved off the side to widen the code, open from the header's button."""
+    open_page(browser, built_html / "notebooks" / "06_export.html", 1280)
+    assert not browser.find_element(By.ID, "pst-secondary-sidebar").is_displayed()
+    buttons = [b for b in browser.find_elements(By.CSS_SELECTOR, ".secondary-toggle") if b.is_displayed()]
+    assert len(buttons) == 1, f"{len(buttons)} 'On this page' buttons are shown at 1280 px"
+    buttons[0].click()
+    drawer = browser.find_element(By.ID, "pst-secondary-sidebar-modal")
+    WebDriverWait(browser, 5).until(lambda _: drawer.is_displayed())
+    assert drawer.rect["width"] > 200 and "Memory planning" in drawer.text
+    screenshot(browser, "06_export_contents", 1280)
+
+
+def test_phone_width_has_no_page_overflow(built_html: Path, browser):
+    """At 390 px the navigation is collapsed, and only blocks (never the page itself) scroll sideways."""
+    for entry in toc_files():
+        open_page(browser, built_html / f"{entry}.html", 390, 844)
+        pixels = screenshot(browser, Path(entry).name, 390)
+        assert pixels.shape[:2] == (844, 390) and pixels.std() > 10, f"{entry}: blank at 390 px"
+        page_width, viewport = browser.execute_script(
+            "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+        )
+        assert page_width <= viewport, f"{entry}: the page is {page_width} px wide in a {viewport} px phone"
+        sidebar = browser.find_element(By.CSS_SELECTOR, ".bd-sidebar-primary")
+        assert not sidebar.is_displayed() or sidebar.rect["x"] + sidebar.rect["width"] <= 0, (
+            f"{entry}: the chapter navigation is open at 390 px"
+        )
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_figures_fit_the_column_and_have_alt_text(built_html: Path, browser, width: int):
+    figures = 0
+    for entry in toc_files():
+        open_page(browser, built_html / f"{entry}.html", width)
+        for img in browser.execute_script(IMAGES):
+            figures += 1
+            path = (built_html / entry).parent / img["src"]
+            assert path.read_bytes()[:8] == PNG_SIGNATURE, f"{entry}: {img['src']} is not a PNG"
             assert np.asarray(Image.open(path).convert("L"), dtype=np.float32).std() > 5, f"{path} is blank"
-        # Screenshot a window tall enough to hold the first figure, then look at the figure's box.
-        left, top, width, height = (round(float(v)) for v in figures[0]["data-box"].split(","))
-        assert width > 100 and height > 100, f"the first figure of {page.name} is laid out {width}x{height}"
-        pixels = screenshot(tmp_path, page, Path(page.name).stem, window=f"1280,{top + height + 40}")
-        assert pixels.std() > 10, f"the screenshot of {page.name} is blank"
-        figure_pixels = pixels[top : top + height, left : left + width]
-        assert figure_pixels.std() > 10, f"the first figure of {page.name} did not render in the screenshot"
-    finally:
-        probe.unlink(missing_ok=True)
+            assert img["natural"] > 0, f"{entry}: Chromium did not decode {img['src']}"
+            assert img["width"] <= img["column"], f"{entry}: {img['src']} is wider than the column: {img}"
+            alt = img["alt"]
+            assert len(alt) > 10 and not alt.endswith(".png"), f"{entry}: {img['src']} has no alt text"
+    assert figures >= 5, f"only {figures} figures in the book"
 
 
 def test_symbols_page_matches_the_preset():

@@ -1,0 +1,92 @@
+"""Results as the book shows them: tables and package source as Markdown, with a plain-text twin.
+
+Jupyter renders `_repr_markdown_` (the book: an HTML table, a highlighted code block); `__repr__` is
+the text/plain form that a terminal shows and nbval compares, so both carry the same values.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+NUMBER = re.compile(r"[-+]?[.\d]")  # a cell that starts like a number is right-aligned
+
+
+def cell(value: object) -> str:
+    """A value as a table shows it: ints with thousands separators, None as '-'."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Table:
+    """Rows of cells under a header, optionally with a title line above them."""
+
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    title: str = ""
+
+    def right_aligned(self) -> list[bool]:
+        """Per column: every cell starts like a number (numbers, sizes, ratios, '-')."""
+        return [
+            all(NUMBER.match(row[i]) or row[i] == "-" for row in self.rows) for i in range(len(self.header))
+        ]
+
+    def _repr_markdown_(self) -> str:
+        def line(cells: Sequence[str]) -> str:
+            return "| " + " | ".join(c.replace("|", r"\|") for c in cells) + " |"
+
+        rule = "|" + "|".join("---:" if right else ":---" for right in self.right_aligned()) + "|"
+        lines = [line(self.header), rule, *(line(row) for row in self.rows)]
+        return "\n".join([f"**{self.title}**", "", *lines] if self.title else lines)
+
+    def __repr__(self) -> str:
+        widths = [max(len(row[i]) for row in (self.header, *self.rows)) for i in range(len(self.header))]
+        aligns = self.right_aligned()
+
+        def line(cells: Sequence[str]) -> str:
+            padded = (
+                c.rjust(w) if right else c.ljust(w) for c, w, right in zip(cells, widths, aligns, strict=True)
+            )
+            return "  ".join(padded).rstrip()
+
+        lines = [line(self.header), *(line(row) for row in self.rows)]
+        return "\n".join([self.title, *lines] if self.title else lines)
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]], title: str = "") -> Table:
+    """A table of values (formatted by `cell`); a row must have one cell per header column."""
+    cells = tuple(tuple(cell(v) for v in row) for row in rows)
+    for row in cells:
+        if len(row) != len(header):
+            raise ValueError(f"a row has {len(row)} cells for {len(header)} columns {list(header)}: {row}")
+    return Table(tuple(header), cells, title)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Source code: a highlighted block in the book, the code itself as text."""
+
+    code: str
+    language: str = "python"
+
+    def _repr_markdown_(self) -> str:
+        fence = "`" * max([3, *(len(run) + 1 for run in re.findall(r"`+", self.code))])
+        return f"{fence}{self.language}\n{self.code.rstrip()}\n{fence}"
+
+    def __repr__(self) -> str:
+        return self.code.rstrip()
+
+
+def source(obj: object) -> Source:
+    """The source of a package function, class or method, as the book displays it."""
+    return Source(inspect.getsource(obj))
