@@ -133,6 +133,17 @@ class Recorder:
         return logits
 
 
+def teacher_forced(decoder: Decoder, prompt_ids: list[int], tokens: list[int]) -> list[torch.Tensor]:
+    """Logits (V,) of a prefill and of decode steps fed `tokens` instead of the decoder's own choices.
+
+    One list per call: the logits that chose tokens[0] (after the prompt), then after each token
+    but the last. The same loop as `generate`, with a "sampler" that replays the given tokens.
+    """
+    recorder, forced = Recorder(decoder), iter(tokens)
+    list(generate(recorder, prompt_ids, len(tokens), lambda logits: next(forced), stop_ids=()))
+    return recorder.logits
+
+
 def check_fits(n_prompt: int, max_new_tokens: int, max_seq_len: int) -> None:
     """Raise a ValueError naming the numbers when prompt + new tokens exceed the context."""
     if n_prompt == 0:

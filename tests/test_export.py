@@ -17,7 +17,7 @@ from llama2_et import contract
 from llama2_et.__main__ import main
 from llama2_et.checkpoint import save_llama2c_bin
 from llama2_et.export import ExportReport, export_pte, prepare_for_export, quantize
-from llama2_et.generate import EagerDecoder, Recorder, Sampler, generate, generate_text
+from llama2_et.generate import EagerDecoder, Recorder, Sampler, generate, generate_text, teacher_forced
 from llama2_et.model import Transformer
 from llama2_et.runtime import PteDecoder
 
@@ -121,11 +121,7 @@ def test_quantized_program_computes_torchao_quantized_model(exported, one_layer,
     ids = [1, 403, 407, 261, 378]
     expected = cached_logits(reference, ids, 5)
     fp32 = cached_logits(prepare_for_export(one_layer, "xnnpack", CONTEXT), ids, 5)
-    pte = PteDecoder(report.path)
-    pte.reset()
-    got = [pte.step(ids, 0)] + [
-        pte.step([int(e.argmax())], len(ids) + i) for i, e in enumerate(expected[:-1])
-    ]
+    got = teacher_forced(PteDecoder(report.path), ids, [int(e.argmax()) for e in expected])
     error = max((g - e).abs().max().item() for g, e in zip(got, expected, strict=True))
     error_fp32 = max((g - f).abs().max().item() for g, f in zip(got, fp32, strict=True))
     assert [int(g.argmax()) for g in got] == [int(e.argmax()) for e in expected]

@@ -4,7 +4,15 @@ import pytest
 import torch
 
 from llama2_et.checkpoint import to_hf
-from llama2_et.generate import EagerDecoder, NoCacheDecoder, Sampler, StepTimes, generate, generate_text
+from llama2_et.generate import (
+    EagerDecoder,
+    NoCacheDecoder,
+    Sampler,
+    StepTimes,
+    generate,
+    generate_text,
+    teacher_forced,
+)
 
 # The first line of llama2.c's doc/stories260K.md greedy sample (run.c -t 0.0 -i "Once upon a time")
 LLAMA2C_GREEDY = (
@@ -104,3 +112,15 @@ def test_bad_lengths_are_clear_errors(stories260k, tok512):
     assert len(text.split()) > 3
     with pytest.raises(ValueError, match="temperature"):
         Sampler(temperature=-1)
+
+
+def test_teacher_forcing_feeds_the_given_tokens(stories260k):
+    prompt, forced = [1, 403, 407], [261, 378, 12, 40]
+    decoder = EagerDecoder(stories260k)
+    got = teacher_forced(decoder, prompt, forced)
+    decoder.reset()
+    expected = [decoder.step(prompt, 0)]
+    expected += [decoder.step([t], len(prompt) + i) for i, t in enumerate(forced[:-1])]
+    assert len(got) == len(forced)
+    for g, e in zip(got, expected, strict=True):
+        assert torch.equal(g, e)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import load_checkpoint
-from ..generate import Sampler, StepTimes, generate
+from ..generate import Sampler, StepTimes, generate, teacher_forced
 from ..tokenizer import Tokenizer
 
 
@@ -37,13 +37,9 @@ def timed_runner(runner, prompt: str, new_tokens: int) -> tuple[float, float, ob
     return out.stats["prompt_tokens"] / t[0], (len(t) - 1) / (t[-1] - t[0]), out
 
 
-def teacher_forced(decoder, prompt_ids: list[int], reference: dict) -> dict:
+def logit_agreement(decoder, prompt_ids: list[int], reference: dict) -> dict:
     """Logits on eager's own tokens: the largest error and how often the argmax agrees."""
-    decoder.reset()
-    logits = [decoder.step(prompt_ids, 0)]
-    for i, token in enumerate(reference["tokens"][:-1]):
-        logits.append(decoder.step([token], len(prompt_ids) + i))
-    logits = torch.stack(logits).float()  # (N, V)
+    logits = torch.stack(teacher_forced(decoder, prompt_ids, reference["tokens"])).float()  # (N, V)
     ref = reference["logits"]
     return {
         "max_logit_error": float((logits - ref).abs().max()),
@@ -135,7 +131,7 @@ def measure_runtime(spec: dict, reference: dict) -> dict:
         result["greedy_match"] = match(tokens, reference["tokens"])
         result["generated_tokens"] = len(tokens)
         if kind == "pte":
-            result.update(teacher_forced(decoder, prompt_ids, reference))
+            result.update(logit_agreement(decoder, prompt_ids, reference))
     result["prefill_tps"], result["decode_tps"] = (
         result["prefill_tps"][1:],
         result["decode_tps"][1:],
