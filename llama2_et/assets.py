@@ -87,6 +87,21 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LLAMA2_ET_CACHE", Path.home() / ".cache" / "llama2_et"))
 
 
+def chapter_dir() -> Path:
+    """Where the chapters keep what they build (.pte files, the C++ runner, trained checkpoints).
+
+    One folder under the cache per version of the package's source, so a chapter reuses what an
+    earlier chapter built with the same code, and never a file an older package built.
+    """
+    package = Path(__file__).parent
+    digest = hashlib.sha256()
+    for source in sorted(p for p in package.rglob("*") if p.suffix in {".py", ".cpp", ".h", ".txt"}):
+        digest.update(source.relative_to(package).as_posix().encode() + b"\0" + source.read_bytes())
+    folder = cache_dir() / "chapters" / digest.hexdigest()[:12]
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def sha256_of(path: Path) -> str:
     """The hex sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()

@@ -103,3 +103,17 @@ def test_training_data_without_a_data_folder_is_the_published_tinystories_valid(
     assert path == tmp_path / "cache" / "TinyStories-valid.txt"
     assert read_stories(path) == ["Spot ran to the park.", "Lily found a red ball. She was happy."]
     assert resolve_stories(name) == path and RangeHandler.sent == [len(stories)]  # cached: fetched once
+
+
+def test_chapter_dir_is_keyed_by_the_package_source(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLAMA2_ET_CACHE", str(tmp_path))
+    first = assets.chapter_dir()
+    assert first.is_dir() and first.parent == tmp_path / "chapters"
+    assert assets.chapter_dir() == first  # same source, same folder
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "model.py").write_text("x = 1\n")
+    monkeypatch.setattr(assets, "__file__", str(package / "assets.py"))
+    other = assets.chapter_dir()
+    (package / "model.py").write_text("x = 2\n")
+    assert assets.chapter_dir() != other  # an edited source never reuses an older build
