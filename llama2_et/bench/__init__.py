@@ -34,7 +34,7 @@ from .report import (
     summarize,
 )
 from .roofline import add_roofline
-from .rows import KEY_PAIR, ROW_KEYS, ROWS, Row, export_programs
+from .rows import EXPORT_LLM, PAIRS, ROW_KEYS, ROWS, Row, export_programs
 
 __all__ = [
     "LONG_CONTEXT_CASE",
@@ -49,7 +49,7 @@ __all__ = [
 # The long-context case: a 1024-position cache, most of it filled, our program and export_llm's.
 LONG_CONTEXT_CASE = {
     "models": [LONG_CONTEXT_MODEL],
-    "rows": ["pte-xnnpack", *KEY_PAIR],
+    "rows": ["runner-ours", EXPORT_LLM],
     "prompt_tokens": 480,
     "new_tokens": 300,
 }
@@ -117,22 +117,29 @@ def bench_model(
         results.append(summarize(row, measure(spec, work), program))
     add_ratios(results)
     add_roofline(results, rows, bm.model.args, len(bm.prompt_ids), new_tokens, bandwidth)
+    by_key = {row.key: row for row in rows}
     paired, profiles = {}, {}
-    pair_rows = [row for key in KEY_PAIR for row in rows if row.key == key]
-    if len(pair_rows) == len(KEY_PAIR):  # one process alternating both: load drifts cancel in each ratio
-        spec = {**base, "row": "pair", "kind": "pair", "rounds": rounds}
-        spec["programs"] = [programs[row.program]["path"] for row in pair_rows]
-        with progress(total=1, desc=f"{bm.name}: ours vs export_llm, {rounds} interleaved rounds") as bar:
-            paired = paired_ratios(measure(spec, work))
+    for ours, reference in PAIRS:  # one process alternating both: load drifts cancel in each ratio
+        if ours not in by_key or reference not in by_key:
+            continue
+        sides = [
+            {"key": key, "kind": by_key[key].kind, "program": programs[by_key[key].program]["path"]}
+            for key in (ours, reference)
+        ]
+        spec = {**base, "row": f"pair_{ours}", "kind": "pair", "rounds": rounds, "sides": sides}
+        with progress(total=1, desc=f"{bm.name}: {ours} vs {reference}, {rounds} rounds") as bar:
+            paired[f"{ours}/{reference}"] = paired_ratios(measure(spec, work))
             bar.update()
-        for row in pair_rows:  # where a decode step's time goes
-            spec = {
-                **base,
-                "row": f"profile_{row.key}",
-                "kind": "profile",
-                "program": programs[row.program]["path"],
-            }
-            profiles[row.label] = measure(spec, work)
+        for side in sides:  # where a decode step's time goes, in each program (once)
+            label = by_key[side["key"]].label
+            if side["kind"] == "text-runner" and label not in profiles:
+                spec = {
+                    **base,
+                    "row": f"profile_{side['key']}",
+                    "kind": "profile",
+                    "program": side["program"],
+                }
+                profiles[label] = measure(spec, work)
     return {
         "prompt_tokens": len(bm.prompt_ids),
         "new_tokens": new_tokens,
@@ -215,8 +222,8 @@ def run_bench(
             show(format_table(name, model_result))
             if model_result["profile"]:
                 show(format_profile(model_result["profile"]))
-            if model_result["paired_ratios"]:
-                show(format_paired(model_result["paired_ratios"]))
+            for pair, ratios in model_result["paired_ratios"].items():
+                show(format_paired(pair, ratios))
     if out is not None:
         Path(out).write_text(json.dumps(result, indent=2))
         show(f"wrote {out}")

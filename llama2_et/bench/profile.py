@@ -59,13 +59,19 @@ def profile_decode(pte_path: str | Path, prompt_ids: list[int], decode_steps: in
     }
 
 
+def other_ms(profile: dict) -> float:
+    """A step's time in no profiled op: the runtime moving between instructions, inputs and outputs."""
+    return profile["step_ms"] - profile["delegate_ms"] - profile["portable_ms"]
+
+
 def format_profile(profiles: dict[str, dict]) -> str:
     """Decode profiles side by side (keyed by row label): where a step's time goes."""
     lines = ["decode step profile (ETDump, ms per step):"]
     for label, p in profiles.items():
         lines.append(
             f"  {label}: {p['step_ms']:.2f} ms = {p['delegate_calls']:.0f} delegate calls {p['delegate_ms']:.2f} ms"
-            f" + {p['portable_calls']:.0f} non-delegated ops {p['portable_ms']:.2f} ms; top: "
+            f" + {p['portable_calls']:.0f} non-delegated ops {p['portable_ms']:.2f} ms"
+            f" + {other_ms(p):.2f} ms between them (the runtime's own work); top: "
             + ", ".join(f"{o['op']} {o['ms']:.2f}" for o in p["top_ops"][:6])
         )
     return "\n".join(lines)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+from pathlib import Path
 
 import torch
 
+from ..display import Table, table
 from .rows import EXPORT_LLM, Row
 
 
@@ -50,58 +52,82 @@ def add_ratios(results: list[dict]) -> None:
 
 
 def paired_ratios(pair: dict) -> dict:
-    """Per round and median, our program's speed over export_llm's, from one alternating process."""
+    """Per round and median, our row's speed over the reference row's, from one alternating process."""
     paired = {}
     for phase in ("prefill", "decode"):
-        ours, ref = pair["ours"][f"{phase}_tps"], pair["export_llm"][f"{phase}_tps"]
+        ours, ref = pair["ours"][f"{phase}_tps"], pair["reference"][f"{phase}_tps"]
         ratios = [o / r for o, r in zip(ours, ref, strict=True)]
         paired[phase] = {"per_round": ratios, "median": statistics.median(ratios)}
     return paired
 
 
-def format_paired(paired: dict) -> str:
-    """The paired ratios in one line."""
+def format_paired(pair: str, paired: dict) -> str:
+    """One pair's ratios in one line: `pair` is "ours-key/reference-key"."""
     rounds = ", ".join(f"{r:.2f}" for r in paired["decode"]["per_round"])
     return (
-        f"our gather-design .pte / export_llm's .pte, both in TextLLMRunner, alternating in one process: "
-        f"decode {paired['decode']['median']:.2f}x, prefill {paired['prefill']['median']:.2f}x "
-        f"(medians of {len(paired['decode']['per_round'])} rounds; decode per round: {rounds})"
+        f"{pair}, alternating in one process: decode {paired['decode']['median']:.2f}x, prefill "
+        f"{paired['prefill']['median']:.2f}x (medians of {len(paired['decode']['per_round'])} rounds; "
+        f"decode per round: {rounds})"
     )
+
+
+def _num(value: float | None, spec: str) -> str | None:
+    return None if value is None else f"{value:{spec}}"
+
+
+def speed_table(name: str, model_result: dict) -> Table:
+    """One model's speeds: tok/s, ratios to export_llm's fp32 program, bytes read per token, the roof."""
+    rows = [
+        [
+            r["label"],
+            f"{r['prefill_tps']:.1f}",
+            _num(r.get("prefill_vs_export_llm"), ".2f"),
+            f"{r['decode_tps']:.1f}",
+            _num(r.get("decode_vs_export_llm"), ".2f"),
+            _num(r.get("bytes_per_token", 0) / 2**20 or None, ".1f"),
+            _num(r.get("roof_fraction"), ".0%"),
+        ]
+        for r in model_result["rows"]
+    ]
+    header = ["runtime", "prefill tok/s", "x export_llm", "decode tok/s", "x export_llm", "MiB/token", "roof"]
+    title = f"{name}: prompt {model_result['prompt_tokens']} tokens, {model_result['new_tokens']} new tokens"
+    return table(header, rows, title + " (speeds: medians)")
+
+
+def cost_table(name: str, model_result: dict) -> Table:
+    """One model's costs and quality: file, export time, peak memory, agreement with fp32 eager, perplexity."""
+    rows = []
+    for r in model_result["rows"]:
+        match = r["greedy_match"]
+        agreement = f"{match:.2f}" if isinstance(match, float) else "yes" if match else "NO"
+        if "teacher_forced_agreement" in r:
+            agreement += f" ({r['teacher_forced_agreement']:.2f})"
+        rows.append(
+            [
+                r["label"],
+                _num(r.get("file_bytes", 0) / 2**20 or None, ".2f"),
+                _num(r.get("export_s"), ".0f"),
+                f"{r['peak_rss_mib']:.0f}",
+                agreement,
+                _num(r.get("max_logit_error"), ".1e"),
+                _num(r.get("perplexity"), ".3f"),
+            ]
+        )
+    header = [
+        "runtime",
+        "file MiB",
+        "export s",
+        "peak RSS MiB",
+        "greedy = eager",
+        "max |Δlogit|",
+        "perplexity",
+    ]
+    return table(header, rows, f"{name}: size, memory and quality")
 
 
 def format_table(name: str, model_result: dict) -> str:
-    """A plain-text table of one model's rows, with ratios to export_llm's program and the roofline."""
-
-    def fmt(value, spec: str, width: int) -> str:
-        return f"{value:{width}{spec}}" if value is not None else f"{'-':>{width}}"
-
-    head = (
-        f"{'runtime':<48} {'file MiB':>8} {'prefill t/s':>11} {'x e_llm':>7} {'decode t/s':>10} {'x e_llm':>7}"
-        f" {'RSS MiB':>7} {'+RSS':>5} {'greedy=eager':>12} {'max|dlogit|':>11} {'MiB/tok':>7} {'roof':>5}"
-    )
-    lines = [
-        f"{name}: prompt {model_result['prompt_tokens']} tokens, {model_result['new_tokens']} new tokens "
-        "(medians; x e_llm = ratio to export_llm's .pte in TextLLMRunner; RSS = process peak, +RSS = over the "
-        "interpreter before loading; MiB/tok = weights and KV cache read per decoded token; roof = decode t/s "
-        "x MiB/tok / read bandwidth)",
-        head,
-        "-" * len(head),
-    ]
-    for r in model_result["rows"]:
-        size = r["file_bytes"] / 2**20 if "file_bytes" in r else None
-        per_token = r["bytes_per_token"] / 2**20 if "bytes_per_token" in r else None
-        match = r["greedy_match"]
-        match_text = f"{match:.2f}" if isinstance(match, float) else ("yes" if match else "NO")
-        if "teacher_forced_agreement" in r:
-            match_text += f" ({r['teacher_forced_agreement']:.2f})"
-        lines.append(
-            f"{r['label']:<48} {fmt(size, '.2f', 8)} {r['prefill_tps']:11.1f}"
-            f" {fmt(r.get('prefill_vs_export_llm'), '.2f', 7)} {r['decode_tps']:10.1f}"
-            f" {fmt(r.get('decode_vs_export_llm'), '.2f', 7)} {r['peak_rss_mib']:7.0f} {r['rss_increase_mib']:5.0f}"
-            f" {match_text:>12} {fmt(r.get('max_logit_error'), '.2e', 11)} {fmt(per_token, '.2f', 7)}"
-            f" {fmt(r.get('roof_fraction'), '.0%', 5)}"
-        )
-    return "\n".join(lines)
+    """Both tables of one model as plain text (what `python -m llama2_et bench` prints)."""
+    return f"{speed_table(name, model_result)!r}\n\n{cost_table(name, model_result)!r}"
 
 
 def format_bandwidth(bandwidth: dict) -> str:
@@ -117,11 +143,22 @@ def format_bandwidth(bandwidth: dict) -> str:
     return line
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what `platform` knows."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def machine_info() -> dict:
     """Where the numbers come from."""
     from importlib.metadata import version
 
     return {
+        "cpu": cpu_model(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

@@ -22,7 +22,7 @@ class Row:
     label: str
     kind: str  # eager-nocache | eager | pte | text-runner | cpp
     program: str | None = None  # a key of the programs built for the model
-    weights: str = "fp32"  # fp32 | 8da8w | 8da4w
+    weights: str = "fp32"  # fp32 | 8da8w | 8da4w | 8da4w-e8 (and an 8-bit embedding table)
     kv_read: str = "all"  # per decode step: all max_seq_len cache positions, the filled ones, or none
 
 
@@ -42,9 +42,45 @@ ROWS = (
         EXPORT_LLM,
         kv_read="filled",  # its custom SDPA attends to the filled prefix of the cache only
     ),
+    Row(
+        "runner-ours-8da4w",
+        f"TextLLMRunner (our {GATHER} .pte, XNNPACK 8da4w)",
+        "text-runner",
+        f"{GATHER}-8da4w",
+        "8da4w",
+    ),
+    Row(
+        f"{EXPORT_LLM}-8da4w",
+        "TextLLMRunner (export_llm's .pte, XNNPACK 8da4w)",
+        "text-runner",
+        f"{EXPORT_LLM}-8da4w",
+        "8da4w",
+        kv_read="filled",
+    ),
+    Row(
+        "runner-ours-8da4w-e8",
+        f"TextLLMRunner (our {GATHER} .pte, 8da4w, 8-bit embedding)",
+        "text-runner",
+        f"{GATHER}-8da4w-e8",
+        "8da4w-e8",
+    ),
+    Row(
+        f"{EXPORT_LLM}-8da4w-e8",
+        "TextLLMRunner (export_llm's .pte, 8da4w, 8-bit embedding)",
+        "text-runner",
+        f"{EXPORT_LLM}-8da4w-e8",
+        "8da4w-e8",
+        kv_read="filled",
+    ),
 )
 ROW_KEYS = tuple(r.key for r in ROWS)
-KEY_PAIR = ("runner-ours", EXPORT_LLM)  # same runner, so only the programs differ: measured interleaved
+# Rows measured alternating in one process, (ours, reference): load drifts cancel in each round's ratio.
+PAIRS = (
+    ("runner-ours", EXPORT_LLM),  # same runner, so only the programs differ
+    ("runner-ours-8da4w", f"{EXPORT_LLM}-8da4w"),
+    ("runner-ours-8da4w-e8", f"{EXPORT_LLM}-8da4w-e8"),
+    ("cpp", "runner-ours"),  # same program, so only the runners differ
+)
 
 
 def export_programs(
@@ -67,7 +103,15 @@ def export_programs(
         "8da8w": ours(design="preproc", backend="xnnpack", quantize_scheme="8da8w"),
         "8da4w": ours(design="preproc", backend="xnnpack", quantize_scheme="8da4w"),
         GATHER: ours(design=GATHER, backend="xnnpack"),
+        f"{GATHER}-8da4w": ours(design=GATHER, backend="xnnpack", quantize_scheme="8da4w"),
+        f"{GATHER}-8da4w-e8": ours(
+            design=GATHER, backend="xnnpack", quantize_scheme="8da4w", quantize_embedding=8
+        ),
         EXPORT_LLM: lambda path: export_peer(bm.model, path),
+        f"{EXPORT_LLM}-8da4w": lambda path: export_peer(bm.model, path, qmode="8da4w", group_size=32),
+        f"{EXPORT_LLM}-8da4w-e8": lambda path: export_peer(
+            bm.model, path, qmode="8da4w", group_size=32, embedding_quantize="8,0"
+        ),
     }
     programs = {}
     for key in progress([k for k in builders if k in keys], desc=f"{bm.name}: export", unit="pte"):

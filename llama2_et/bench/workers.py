@@ -2,7 +2,7 @@
 
 Run as `python -m llama2_et.bench.workers SPEC.json RESULT.json`; the spec's "kind" says what to
 measure: a row's runtime (eager-nocache, eager, pte, text-runner, cpp), both TextLLMRunner programs
-alternating (pair), an ETDump decode profile (profile) or the machine's read bandwidth (bandwidth).
+alternating (pair: TextLLMRunner or C++ runner sides), an ETDump decode profile (profile) or the machine's read bandwidth (bandwidth).
 A timed run is a warm-up, then `repeats` runs of a fixed prefill and N greedy tokens.
 """
 
@@ -76,19 +76,32 @@ def reset_peak_rss() -> int:
 
 
 def measure_pair(spec: dict) -> dict:
-    """Our program and export_llm's in one process, alternating run by run (and who goes first)."""
+    """Two rows in one process, alternating run by run (and who goes first): {"ours", "reference"}.
+
+    Each side is a program in TextLLMRunner or in our C++ runner (a process per run, as a user runs it).
+    """
     from ..peer import TextRunner
 
-    names = ("ours", "export_llm")
+    def timed(side: dict) -> tuple[float, float]:
+        if side["kind"] == "cpp":
+            prefill, decode, _, _ = run_cpp(spec, side["program"])
+            return prefill, decode
+        prefill, decode, _ = timed_runner(runners[side["key"]], spec["prompt"], spec["new_tokens"])
+        return prefill, decode
+
+    sides = dict(zip(("ours", "reference"), spec["sides"], strict=True))
     runners = {
-        name: TextRunner(path, spec["tokenizer"]) for name, path in zip(names, spec["programs"], strict=True)
+        side["key"]: TextRunner(side["program"], spec["tokenizer"])
+        for side in sides.values()
+        if side["kind"] == "text-runner"
     }
-    result = {name: {"prefill_tps": [], "decode_tps": []} for name in names}
-    for runner in runners.values():
-        timed_runner(runner, spec["prompt"], spec["new_tokens"])  # warm-up
+    result = {name: {"prefill_tps": [], "decode_tps": []} for name in sides}
+    for side in sides.values():
+        timed(side)  # warm-up
+    names = tuple(sides)
     for i in range(spec["rounds"]):
         for name in names if i % 2 == 0 else names[::-1]:
-            prefill, decode, _ = timed_runner(runners[name], spec["prompt"], spec["new_tokens"])
+            prefill, decode = timed(sides[name])
             result[name]["prefill_tps"].append(prefill)
             result[name]["decode_tps"].append(decode)
     return result
@@ -145,27 +158,33 @@ def measure_runtime(spec: dict, reference: dict) -> dict:
 SPEED_LINE = re.compile(r"^(prefill|decode): (\d+) tokens in [\d.]+ ms, ([\d.]+) tok/s", re.MULTILINE)
 
 
-def measure_cpp(spec: dict, reference: dict) -> dict:
-    """Run the C++ runner repeats+1 times; parse its tok/s from stderr, its peak RSS from wait4."""
-    result: dict = {"prefill_tps": [], "decode_tps": []}
-    command = [spec["cpp_binary"], "--model", spec["program"], "--tokenizer", spec["tokenizer_bin"]]
+def run_cpp(spec: dict, program: str) -> tuple[float, float, list[int], int]:
+    """One run of the C++ runner: prefill tok/s, decode tok/s (from stderr), the token ids, peak RSS KiB."""
+    command = [spec["cpp_binary"], "--model", program, "--tokenizer", spec["tokenizer_bin"]]
     command += ["--prompt", spec["prompt"], "--steps", str(spec["new_tokens"]), "--temperature", "0"]
     command += ["--print-tokens", "--warmup"]  # timed warm, as TextLLMRunner is after its warm-up run
-    peak_kib = 0
     with tempfile.TemporaryDirectory() as tmp:
         stdout_path, stderr_path = Path(tmp) / "stdout", Path(tmp) / "stderr"
-        for _ in range(spec["repeats"] + 1):
-            with open(stdout_path, "w") as out, open(stderr_path, "w") as err:
-                proc = subprocess.Popen(command, stdout=out, stderr=err)
-                _, status, usage = os.wait4(proc.pid, 0)
-            stderr = stderr_path.read_text()
-            if os.waitstatus_to_exitcode(status) != 0:
-                raise RuntimeError(f"{' '.join(command)} failed:\n{stderr[-2000:]}")
-            speeds = {phase: float(tps) for phase, _, tps in SPEED_LINE.findall(stderr)}
-            result["prefill_tps"].append(speeds["prefill"])
-            result["decode_tps"].append(speeds["decode"])
-            peak_kib = max(peak_kib, usage.ru_maxrss)  # Linux: KiB
+        with open(stdout_path, "w") as out, open(stderr_path, "w") as err:
+            proc = subprocess.Popen(command, stdout=out, stderr=err)
+            _, status, usage = os.wait4(proc.pid, 0)
+        stderr = stderr_path.read_text()
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{stderr[-2000:]}")
+        speeds = {phase: float(tps) for phase, _, tps in SPEED_LINE.findall(stderr)}
         ids = [int(x) for x in stdout_path.read_text().split()]
+    return speeds["prefill"], speeds["decode"], ids, usage.ru_maxrss  # Linux: ru_maxrss in KiB
+
+
+def measure_cpp(spec: dict, reference: dict) -> dict:
+    """Run the C++ runner repeats+1 times (the first a warm-up): speeds, greedy match, peak RSS."""
+    result: dict = {"prefill_tps": [], "decode_tps": []}
+    peak_kib = 0
+    for _ in range(spec["repeats"] + 1):
+        prefill, decode, ids, rss_kib = run_cpp(spec, spec["program"])
+        result["prefill_tps"].append(prefill)
+        result["decode_tps"].append(decode)
+        peak_kib = max(peak_kib, rss_kib)
     tokens = ids[len(spec["prompt_ids"]) :]
     result["prefill_tps"], result["decode_tps"] = (
         result["prefill_tps"][1:],
