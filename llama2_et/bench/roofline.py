@@ -17,22 +17,25 @@ from ..config import ModelArgs, kv_cache_bytes, param_count
 from .rows import Row
 
 
-def bytes_per_token(args: ModelArgs, kv_positions: float, quantized_file_bytes: int | None = None) -> float:
+def bytes_per_token(
+    args: ModelArgs, kv_positions: float, quantized_file_bytes: int | None = None, embedding_bits: int = 32
+) -> float:
     """Bytes one decode step reads: the weights it multiplies by and the K, V it attends to.
 
     Weights: every parameter except the token-embedding table, of which only the token's row is
-    read (fp32); with tied embeddings the table is also the classifier, read whole. fp32 weights
-    are counted from the parameter count; a quantized program's from its file, less the fp32
-    embedding table it stores beside the quantized classifier. The cache: K and V of kv_positions
-    positions in every layer, fp32. Activations are left out: at one token they are a few KiB.
+    read; with tied embeddings the table is also the classifier, read whole. fp32 weights are
+    counted from the parameter count; a quantized program's from its file, less the embedding table
+    it stores (embedding_bits per entry) beside the quantized classifier. The cache: K and V of
+    kv_positions positions in every layer, fp32. Activations are left out: at one token they are a
+    few KiB.
     """
-    embedding = args.vocab_size * args.dim * 4
     if quantized_file_bytes is None:
+        embedding = args.vocab_size * args.dim * 4
         weights = 4 * param_count(args) - (0 if args.tie_embeddings else embedding)
     else:
-        weights = quantized_file_bytes - embedding
+        weights = quantized_file_bytes - args.vocab_size * args.dim * embedding_bits // 8
     kv_per_position = kv_cache_bytes(args) / args.max_seq_len
-    return weights + 4 * args.dim + kv_per_position * kv_positions
+    return weights + args.dim * embedding_bits / 8 + kv_per_position * kv_positions
 
 
 def kv_positions_read(kv_read: str, max_seq_len: int, prompt_tokens: int, new_tokens: int) -> float:
@@ -96,6 +99,7 @@ def add_roofline(
     for result, row in zip(results, rows, strict=True):
         kv = kv_positions_read(row.kv_read, args.max_seq_len, prompt_tokens, new_tokens)
         quantized = result["file_bytes"] if row.weights != "fp32" else None
+        embedding_bits = 8 if row.weights.endswith("-e8") else 32
         result["kv_positions_read"] = kv
-        result["bytes_per_token"] = bytes_per_token(args, kv, quantized)
+        result["bytes_per_token"] = bytes_per_token(args, kv, quantized, embedding_bits)
         result["roof_fraction"] = result["decode_tps"] * result["bytes_per_token"] / bandwidth

@@ -31,8 +31,6 @@ ROWS = (
     Row("eager", "eager PyTorch, KV cache", "eager"),
     Row("pte-portable", "our .pte portable (preproc, Python runtime)", "pte", "portable"),
     Row("pte-xnnpack", "our .pte XNNPACK fp32 (preproc, Python runtime)", "pte", "xnnpack"),
-    Row("pte-8da8w", "our .pte XNNPACK 8da8w (preproc, Python runtime)", "pte", "8da8w", "8da8w"),
-    Row("pte-8da4w", "our .pte XNNPACK 8da4w (preproc, Python runtime)", "pte", "8da4w", "8da4w"),
     Row("cpp", f"our C++ runner ({GATHER} .pte, XNNPACK fp32)", "cpp", GATHER),
     Row("runner-ours", f"TextLLMRunner (our {GATHER} .pte, XNNPACK fp32)", "text-runner", GATHER),
     Row(
@@ -41,6 +39,13 @@ ROWS = (
         "text-runner",
         EXPORT_LLM,
         kv_read="filled",  # its custom SDPA attends to the filled prefix of the cache only
+    ),
+    Row(
+        "runner-ours-8da8w",
+        f"TextLLMRunner (our {GATHER} .pte, XNNPACK 8da8w)",
+        "text-runner",
+        f"{GATHER}-8da8w",
+        "8da8w",
     ),
     Row(
         "runner-ours-8da4w",
@@ -100,9 +105,8 @@ def export_programs(
     builders = {
         "portable": ours(design="preproc", backend="portable"),
         "xnnpack": ours(design="preproc", backend="xnnpack"),
-        "8da8w": ours(design="preproc", backend="xnnpack", quantize_scheme="8da8w"),
-        "8da4w": ours(design="preproc", backend="xnnpack", quantize_scheme="8da4w"),
         GATHER: ours(design=GATHER, backend="xnnpack"),
+        f"{GATHER}-8da8w": ours(design=GATHER, backend="xnnpack", quantize_scheme="8da8w"),
         f"{GATHER}-8da4w": ours(design=GATHER, backend="xnnpack", quantize_scheme="8da4w"),
         f"{GATHER}-8da4w-e8": ours(
             design=GATHER, backend="xnnpack", quantize_scheme="8da4w", quantize_embedding=8

@@ -108,11 +108,15 @@ def measure_pair(spec: dict) -> dict:
 
 
 def measure_runtime(spec: dict, reference: dict) -> dict:
-    """Time one in-process runtime (eager, .pte or TextLLMRunner): per-repetition speeds and peak RSS."""
+    """Time one in-process runtime (eager, .pte or TextLLMRunner): speeds, peak RSS, then its quality.
+
+    Peak RSS is read before the quality pass, which for a TextLLMRunner row loads the same program a
+    second time in the Python runtime to read its logits (teacher-forced agreement, perplexity).
+    """
     kind, prompt_ids, n = spec["kind"], spec["prompt_ids"], spec["new_tokens"]
-    if kind == "pte":
+    if kind in ("pte", "text-runner"):
         from ..runtime import PteDecoder
-    elif kind == "text-runner":
+    if kind == "text-runner":
         from ..peer import TextRunner
         from ..runtime import register_llm_custom_ops
 
@@ -121,6 +125,7 @@ def measure_runtime(spec: dict, reference: dict) -> dict:
 
     baseline = reset_peak_rss()
     result: dict = {"prefill_tps": [], "decode_tps": []}
+    decoder = None
     if kind == "text-runner":
         runner = TextRunner(spec["program"], spec["tokenizer"])
         for _ in range(spec["repeats"] + 1):
@@ -143,8 +148,6 @@ def measure_runtime(spec: dict, reference: dict) -> dict:
             result["decode_tps"].append(decode)
         result["greedy_match"] = match(tokens, reference["tokens"])
         result["generated_tokens"] = len(tokens)
-        if kind == "pte":
-            result.update(logit_agreement(decoder, prompt_ids, reference))
     result["prefill_tps"], result["decode_tps"] = (
         result["prefill_tps"][1:],
         result["decode_tps"][1:],
@@ -152,6 +155,14 @@ def measure_runtime(spec: dict, reference: dict) -> dict:
     peak = status_kib("VmHWM")
     result["peak_rss_mib"] = peak / 1024
     result["rss_increase_mib"] = (peak - baseline) / 1024
+    if kind == "text-runner":
+        decoder = PteDecoder(spec["program"])
+    if kind in ("pte", "text-runner"):
+        result.update(logit_agreement(decoder, prompt_ids, reference))
+    if kind != "eager-nocache" and spec.get("held_out_ids"):
+        from ..quality import perplexity
+
+        result["perplexity"] = perplexity(decoder, spec["held_out_ids"])
     return result
 
 
