@@ -4,9 +4,10 @@ For each model (a stories15M-shaped model with random weights, and the real stor
 exports our programs and the one ExecuTorch's own LLM export (export_llm) makes, run by
 ExecuTorch's TextLLMRunner, then measures each runtime in its own process (workers.py), so that
 peak RSS belongs to that runtime alone. Every row also says whether its greedy tokens equal fp32
-eager's; our .pte rows report the largest logit error against fp32 eager, teacher-forced on eager's
-tokens, so what quantization costs is shown next to what it buys. The machine's read bandwidth
-puts each decode speed against the memory roofline (roofline.py).
+eager's; every program row reports the largest logit error against fp32 eager, teacher-forced on
+eager's tokens, and every row but eager-nocache its perplexity on held-out TinyStories text, so what
+quantization costs is shown next to what it buys. The machine's read bandwidth puts each decode
+speed against the memory roofline (roofline.py).
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ __all__ = [
     "format_table",
     "run_bench",
 ]
+
+HELD_OUT_TOKENS = 256  # of held-out TinyStories text, each program's perplexity is measured on
 
 # The long-context case: a 1024-position cache, most of it filled, our program and export_llm's.
 LONG_CONTEXT_CASE = {
@@ -98,7 +101,10 @@ def bench_model(
 
         cpp_binary = str(build_runner())
         tokenizer_bin = str(export_llama2c(bm.tokenizer.path, work / "tokenizer.bin"))
+    from ..quality import held_out_tokens
+
     base = {
+        "held_out_ids": held_out_tokens(bm.tokenizer, HELD_OUT_TOKENS),
         "checkpoint": str(meta_dir),
         "tokenizer": str(bm.tokenizer.path),
         "tokenizer_bin": tokenizer_bin,
