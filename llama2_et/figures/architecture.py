@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Circle, ConnectionPatch, FancyBboxPatch
 
 from ..config import ModelArgs, preset
-from . import COLORS, arrow, box, canvas
+from . import BOOK_SCALE, COLORS, arrow, box, canvas, enlarge
 
 
 def _residual_add(ax, x: float, y: float) -> tuple[float, float]:
@@ -162,4 +162,4 @@ def decoder_diagram(args: ModelArgs | None = None) -> Figure:
                 linestyle=":",
             )
         )
-    return fig
+    return enlarge(fig, BOOK_SCALE)

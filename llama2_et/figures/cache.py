@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from ..preproc import Preproc
-from . import COLORS
+from . import BOOK_SCALE, COLORS, enlarge
 
 EMPTY, READ, WRITTEN = "white", COLORS["cache"], "#74c476"  # cache slot: never written, earlier, now
 
@@ -62,7 +62,7 @@ def cache_steps(prompt_len: int = 4, decode_steps: int = 2, max_seq_len: int = 8
     calls = [(f"prefill: L = {prompt_len}", 0, prompt_len)]
     calls += [(f"decode step {i + 1}: L = 1", prompt_len + i, 1) for i in range(decode_steps)]
     width = 2.45 * len(calls)
-    fig, axes = plt.subplots(1, len(calls), figsize=(width, 0.27 * (prompt_len + 3) + 0.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(calls), figsize=(width, 0.27 * (prompt_len + 3) + 0.4), squeeze=False)
     for ax, (title, start_pos, seq_len) in zip(axes[0], calls, strict=True):
         _panel(ax, title, start_pos, seq_len, preproc, rows=prompt_len)
     fig.tight_layout(w_pad=0.4, rect=(0, 0.1, 1, 1))
@@ -75,4 +75,4 @@ def cache_steps(prompt_len: int = 4, decode_steps: int = 2, max_seq_len: int = 8
         fontsize=7.5,
         color="0.3",
     )
-    return fig
+    return enlarge(fig, BOOK_SCALE)

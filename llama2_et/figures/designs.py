@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch
 
 from ..contract import DEFAULT_DESIGN, SIGNATURES
-from . import COLORS, arrow, box, canvas
+from . import BOOK_SCALE, COLORS, arrow, box, canvas, enlarge
 
 ROW_HEIGHT = 1.75  # inches per design
 PROGRAM_X = 2.35  # where the .pte's frame starts; the caller is left of it
@@ -69,7 +69,7 @@ def _start_then_slice(ax, y: float, first: str, link: str, slicing: str) -> None
     arrow(ax, (1.65, y + 0.45), (2.45, y + 0.45))
     _slice_box(ax, 4.05, y + 0.2, 1.2, 0.5, slicing)
     arrow(ax, (3.55, y + 0.45), (4.05, y + 0.45))
-    ax.text(3.8, y + 0.6, link, ha="center", va="bottom", fontsize=6.5, color="0.25")
+    ax.text(3.8, y + 0.73, link, ha="center", va="bottom", fontsize=6.5, color="0.25")
     _tail(ax, y, 5.25)
 
 
@@ -125,4 +125,4 @@ def design_flows() -> Figure:
         y = ROW_HEIGHT * (len(DESIGN_ROWS) - 1 - i)
         ax.text(0.1, y + ROW_HEIGHT - 0.2, title, fontsize=9, weight="bold", va="center")
         draw(ax, y)
-    return fig
+    return enlarge(fig, BOOK_SCALE)
