@@ -136,6 +136,23 @@ return [...document.querySelectorAll('.bd-article img')].map(img => ({
 """
 
 
+# The diagrams the package draws (llama2_et.figures), each in its chapter, found by its caption, which
+# names the function that drew it.
+DIAGRAMS = {
+    "notebooks/01_architecture": "decoder_diagram",
+    "notebooks/02_kv_cache": "cache_steps",
+    "notebooks/05_preproc": "design_flows",
+}
+
+CAPTIONED_IMAGES = """
+return [...document.querySelectorAll('.bd-article figure')].map(f => {
+  const img = f.querySelector('img'), caption = f.querySelector('figcaption');
+  return {caption: caption ? caption.textContent : '', complete: img ? img.complete : false,
+          natural: img ? img.naturalWidth : 0, width: img ? img.getBoundingClientRect().width : 0};
+});
+"""
+
+
 def test_every_toc_entry_is_built(built_html: Path):
     for entry in toc_files():
         page = built_html / f"{entry}.html"
@@ -212,6 +229,21 @@ def test_figures_fit_the_column_and_have_alt_text(built_html: Path, browser, wid
             alt = img["alt"]
             assert len(alt) > 10 and not alt.endswith(".png"), f"{entry}: {img['src']} has no alt text"
     assert figures >= 5, f"only {figures} figures in the book"
+
+
+@pytest.mark.parametrize("entry, drawn_by", DIAGRAMS.items())
+def test_package_diagram_renders_in_its_chapter(built_html: Path, browser, entry: str, drawn_by: str):
+    """The chapter shows the diagram as a captioned figure whose image Chromium decoded."""
+    open_page(browser, built_html / f"{entry}.html", 1280)
+    WebDriverWait(browser, 10).until(
+        lambda driver: driver.execute_script("return [...document.images].every(img => img.complete)")
+    )
+    figures = [f for f in browser.execute_script(CAPTIONED_IMAGES) if drawn_by in f["caption"]]
+    assert len(figures) == 1, f"{entry}: {len(figures)} figures captioned with {drawn_by}"
+    assert figures[0]["complete"] and figures[0]["natural"] > 0, f"{entry}: {drawn_by}'s image did not decode"
+    assert figures[0]["width"] > 300, (
+        f"{entry}: {drawn_by}'s figure is laid out {figures[0]['width']} px wide"
+    )
 
 
 def test_symbols_page_matches_the_preset():

@@ -20,6 +20,11 @@ COLORS = {
     "accent": "#08519c",
 }
 
+# Diagrams are laid out in inches about 7 wide and shown this much larger, text included, so that at
+# the notebooks' 80 dpi they fill most of the book's column (about 700 px) and their smallest text
+# (7 pt) is 9 px tall.
+BOOK_SCALE = 1.25
+
 
 def canvas(width: float, height: float):
     """A blank figure of width x height inches whose axes use inches as data units."""
@@ -68,3 +73,12 @@ def arrow(ax, start: tuple[float, float], end: tuple[float, float], text: str = 
     if text:
         mid = ((start[0] + end[0]) / 2, (start[1] + end[1]) / 2)
         ax.text(mid[0] + 0.05, mid[1], text, fontsize=8, va="center", color="0.25")
+
+
+def enlarge(fig, factor: float):
+    """fig with its size and every text's font scaled by factor: drawn in the units above, shown larger."""
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(width * factor, height * factor)
+    for text in fig.findobj(lambda artist: hasattr(artist, "set_fontsize") and hasattr(artist, "get_text")):
+        text.set_fontsize(text.get_fontsize() * factor)
+    return fig
