@@ -14,7 +14,7 @@ def xnnpack_pte(stories260k_pte):
 
 
 @pytest.mark.slow
-def test_instructions_are_the_programs_delegate_and_kernel_calls(xnnpack_pte):
+def test_instructions_are_the_programs_delegate_and_kernel_calls(xnnpack_pte, stories260k):
     from llama2_et.figures.program import forward_plan, instructions
 
     plan = forward_plan(xnnpack_pte.program)
@@ -27,7 +27,7 @@ def test_instructions_are_the_programs_delegate_and_kernel_calls(xnnpack_pte):
     assert {plan.delegates[c.instr_args.delegate_index].id for c in delegate_calls} == {"XnnpackBackend"}
     assert sorted(c.instr_args.delegate_index for c in delegate_calls) == list(range(len(plan.delegates)))
     # the cache writes stay outside the delegate: two per layer
-    assert sum(i.name == "index_put_" for i in chain) == 2 * 5
+    assert sum(i.name == "index_put_" for i in chain) == 2 * stories260k.args.n_layers
 
 
 @pytest.mark.slow
