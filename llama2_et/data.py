@@ -233,6 +233,24 @@ def unigram_entropy(tokens: np.ndarray) -> float:
     return float(-(p * np.log(p)).sum())
 
 
+def bigram_entropy(tokens: np.ndarray) -> float:
+    """Conditional entropy H(next | previous) (nats/token) of the stream's adjacent pairs.
+
+    The loss of the best model that sees only the previous token, fitted to these very tokens: no
+    bigram table scores lower on them, so a model that does is using more context than one token.
+    """
+    tokens = np.asarray(tokens, dtype=np.int64)
+    if len(tokens) < 2:
+        raise ValueError(f"a bigram entropy needs at least 2 tokens, got {len(tokens)}")
+    ids = int(tokens.max()) + 1
+    pairs, pair_counts = np.unique(
+        tokens[:-1] * ids + tokens[1:], return_counts=True
+    )  # pair = prev * ids + next
+    previous_counts = np.bincount(tokens[:-1])[pairs // ids]  # how often each pair's first token leads a pair
+    p = pair_counts / pair_counts.sum()
+    return float(-(p * np.log(pair_counts / previous_counts)).sum())
+
+
 class TokenBatches:
     """Fixed-length (x, y) windows from memory-mapped shards; y is x shifted by one token.
 

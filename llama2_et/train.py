@@ -25,7 +25,15 @@ from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, load_torch_file, save_llama2c_bin
 from .config import ModelArgs, param_count
-from .data import PreparedData, TokenBatches, default_stories, open_shard, prepare_data, unigram_entropy
+from .data import (
+    PreparedData,
+    TokenBatches,
+    bigram_entropy,
+    default_stories,
+    open_shard,
+    prepare_data,
+    unigram_entropy,
+)
 from .files import atomic_write, check_output_dir
 from .model import Transformer
 from .preproc import Preproc
@@ -102,7 +110,8 @@ class TrainResult:
     llama2c_bin: Path
     plot: Path
     data: PreparedData
-    unigram_entropy: float  # nats/token of the validation tokens
+    unigram_entropy: float  # nats/token of the validation tokens: the best loss without context
+    bigram_entropy: float  # nats/token of the validation tokens given the previous one
     val_loss: float  # last evaluation, nats/token
     seconds: float
     history: dict = field(repr=False)
@@ -184,6 +193,38 @@ def init_distributed(device: str) -> Distributed:
     return Distributed(dist.get_rank(), world_size, torch.device(device))
 
 
+def train_step(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: TokenBatches,
+    step: int,
+    cfg: TrainConfig,
+    ctx: Distributed,
+    rope_and_mask: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+) -> float:
+    """One optimizer step: the step's learning rate, gradients of cfg.grad_accum micro-batches, clipping,
+    the AdamW update; returns the step's training loss (nats/token, the mean over processes)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(step, cfg)
+    ddp = isinstance(net, nn.parallel.DistributedDataParallel)
+    loss_sum = torch.zeros((), device=ctx.device)
+    for micro in range(cfg.grad_accum):
+        # global micro-batch index: N processes x accumulation see the batches of 1 process x N*accum
+        x, y = batches.batch((step * cfg.grad_accum + micro) * ctx.world_size + ctx.rank)
+        x, y = x.to(ctx.device), y.to(ctx.device)  # (B, L) each, y = x shifted by one token
+        last = micro == cfg.grad_accum - 1
+        with net.no_sync() if ddp and not last else nullcontext():  # all-reduce once per step
+            logits = net(x, *rope_and_mask)  # (B, L, V)
+            loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())  # mean over B * L predictions
+            (loss / cfg.grad_accum).backward()
+        loss_sum += loss.detach()
+    if cfg.grad_clip > 0:
+        nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(ctx.mean(loss_sum / cfg.grad_accum))
+
+
 @torch.no_grad()
 def evaluate(
     model: Transformer, preproc: Preproc, x: torch.Tensor, y: torch.Tensor, batch_size: int, ctx: Distributed
@@ -257,16 +298,20 @@ def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
     return state
 
 
-def plot_losses(history: dict, path: str | Path, entropy: float | None = None) -> Path:
-    """A PNG of the train and validation loss curves, with the unigram entropy for reference."""
+def plot_losses(
+    history: dict, path: str | Path, unigram: float | None = None, bigram: float | None = None
+) -> Path:
+    """A PNG of the train and validation loss curves, with the unigram and bigram entropies for reference."""
     from matplotlib.figure import Figure  # a bare Figure renders with Agg and leaves pyplot's state alone
 
     fig = Figure(figsize=(7, 4), dpi=120)
     ax = fig.subplots()
     ax.plot(history["step"], history["train_loss"], lw=1, alpha=0.7, label="train (batch)")
     ax.plot(history["val_step"], history["val_loss"], "o-", label="validation (held-out stories)")
-    if entropy is not None:
-        ax.axhline(entropy, ls="--", c="gray", label=f"unigram entropy {entropy:.2f}")
+    if unigram is not None:
+        ax.axhline(unigram, ls="--", c="gray", label=f"unigram entropy {unigram:.2f}")
+    if bigram is not None:
+        ax.axhline(bigram, ls=":", c="gray", label=f"bigram entropy {bigram:.2f}")
     ax.set(xlabel="step", ylabel="cross-entropy (nats/token)", title="training loss")
     ax.legend()
     ax.grid(alpha=0.3)
@@ -362,13 +407,17 @@ def _train(cfg: TrainConfig, ctx: Distributed, progress: bool, started: float) -
     val_x, val_y = TokenBatches(prepared.val_shards, args.max_seq_len, cfg.batch_size).windows(
         cfg.eval_windows
     )
-    entropy = unigram_entropy(np.concatenate([open_shard(s) for s in prepared.val_shards]))
+    val_tokens = np.concatenate([open_shard(s) for s in prepared.val_shards])
+    entropy, bigram = unigram_entropy(val_tokens), bigram_entropy(val_tokens)
     log(
         f"data: train {prepared.train_stories:,} stories / {prepared.train_tokens:,} tokens, "
         f"val {prepared.val_stories:,} stories / {prepared.val_tokens:,} tokens "
         f"({len(val_x)} windows of {args.max_seq_len} per evaluation)"
     )
-    log(f"unigram entropy of the validation tokens: {entropy:.4f} nats/token")
+    log(
+        f"validation tokens: unigram entropy {entropy:.4f}, bigram entropy {bigram:.4f} nats/token "
+        "(the best losses of a model without context and of one that sees only the previous token)"
+    )
 
     torch.manual_seed(cfg.seed)  # the same initial weights in every process
     model = Transformer(args)
@@ -410,24 +459,7 @@ def _train(cfg: TrainConfig, ctx: Distributed, progress: bool, started: float) -
     bar = tqdm(total=cfg.max_steps, initial=step, desc="train", disable=not (progress and ctx.is_main))
     while step < stop:
         tick = time.perf_counter()
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        loss_sum = torch.zeros((), device=ctx.device)
-        for micro in range(cfg.grad_accum):
-            # global micro-batch index: N processes x accumulation see the batches of 1 process x N*accum
-            x, y = train_batches.batch((step * cfg.grad_accum + micro) * ctx.world_size + ctx.rank)
-            x, y = x.to(ctx.device), y.to(ctx.device)
-            last = micro == cfg.grad_accum - 1
-            with net.no_sync() if ddp and not last else nullcontext():  # all-reduce once per step
-                logits = net(x, cos, sin, mask)  # (B, L, V)
-                loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
-                (loss / cfg.grad_accum).backward()
-            loss_sum += loss.detach()
-        if cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        train_loss = float(ctx.mean(loss_sum / cfg.grad_accum))
+        train_loss = train_step(net, optimizer, train_batches, step, cfg, ctx, (cos, sin, mask))
         tokens_per_s = tokens_per_step / (time.perf_counter() - tick)
         history["step"].append(step)
         history["train_loss"].append(train_loss)
@@ -437,7 +469,10 @@ def _train(cfg: TrainConfig, ctx: Distributed, progress: bool, started: float) -
             val_loss = evaluate(model, preproc, val_x, val_y, cfg.batch_size, ctx)
             history["val_step"].append(step)
             history["val_loss"].append(val_loss)
-            log(f"step {step}: train loss {train_loss:.4f}, val loss {val_loss:.4f} (unigram {entropy:.4f})")
+            log(
+                f"step {step}: train loss {train_loss:.4f}, val loss {val_loss:.4f} "
+                f"(unigram {entropy:.4f}, bigram {bigram:.4f})"
+            )
             checkpoint()
         bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
         bar.update()
@@ -445,12 +480,17 @@ def _train(cfg: TrainConfig, ctx: Distributed, progress: bool, started: float) -
     if not ctx.is_main:
         return None
     llama2c_bin = save_llama2c_bin(model.cpu(), out_dir / "model.bin")
-    plot = plot_losses(history, out_dir / "loss.png", entropy)
+    plot = plot_losses(history, out_dir / "loss.png", entropy, bigram)
     seconds = time.perf_counter() - started
     val_loss = history["val_loss"][-1] if history["val_loss"] else float("nan")
-    log(f"done in {seconds:.0f} s: val loss {val_loss:.4f} vs unigram entropy {entropy:.4f} nats/token")
+    log(
+        f"done in {seconds:.0f} s: val loss {val_loss:.4f} vs unigram entropy {entropy:.4f}, "
+        f"bigram entropy {bigram:.4f} nats/token"
+    )
     log(f"wrote {checkpoint_path} (resumable), {llama2c_bin} (llama2.c), {plot}")
-    return TrainResult(checkpoint_path, llama2c_bin, plot, prepared, entropy, val_loss, seconds, history)
+    return TrainResult(
+        checkpoint_path, llama2c_bin, plot, prepared, entropy, bigram, val_loss, seconds, history
+    )
 
 
 def _add_flags(

@@ -2,12 +2,15 @@
 
 import dataclasses
 import hashlib
+import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
 from llama2_et import assets
+from llama2_et.__main__ import main
 from llama2_et.data import SAMPLE, read_stories, resolve_stories
 from llama2_et.train import TrainConfig
 
@@ -103,6 +106,29 @@ def test_training_data_without_a_data_folder_is_the_published_tinystories_valid(
     assert path == tmp_path / "cache" / "TinyStories-valid.txt"
     assert read_stories(path) == ["Spot ran to the park.", "Lily found a red ball. She was happy."]
     assert resolve_stories(name) == path and RangeHandler.sent == [len(stories)]  # cached: fetched once
+
+
+def test_train_command_without_a_data_folder_downloads_tinystories_valid_and_trains(
+    tmp_path, monkeypatch, server, data_dir, capsys
+):
+    """`python -m llama2_et train` with LLAMA2_ET_DATA unset: the published file, from a loopback "Hub"."""
+    stories = read_stories(data_dir / SAMPLE)[:100]
+    RangeHandler.payload = "".join(f"{story}\n<|endoftext|>\n" for story in stories).encode()
+    name = "TinyStories-valid.txt"
+    monkeypatch.setitem(assets.ASSETS, name, dataclasses.replace(assets.ASSETS[name], url=server))
+    monkeypatch.delenv("LLAMA2_ET_DATA")
+    monkeypatch.setenv("LLAMA2_ET_CACHE", str(tmp_path / "cache"))
+    tiny = "--dim 16 --n-layers 1 --n-heads 2 --n-kv-heads 1 --multiple-of 8 --max-seq-len 32".split()
+    steps = "--max-steps 2 --warmup-steps 0 --eval-interval 2 --eval-windows 2 --batch-size 2".split()
+    out_dir = tmp_path / "out"
+    tokenizer = str(data_dir / "tok512.model")
+    assert main(["train", "--out-dir", str(out_dir), "--tokenizer", tokenizer, *tiny, *steps]) == 0
+    assert RangeHandler.sent == [len(RangeHandler.payload)]  # downloaded once, into the cache
+    assert (tmp_path / "cache" / name).read_bytes() == RangeHandler.payload
+    manifest = json.loads((out_dir / "data" / "manifest.json").read_text())
+    assert [Path(f).name for f, *_ in manifest["recipe"]["files"]] == [name]
+    assert manifest["prepared"]["train_stories"] + manifest["prepared"]["val_stories"] == 100
+    assert "greedy sample from" in capsys.readouterr().out
 
 
 def test_chapter_dir_is_keyed_by_the_package_source(tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ from llama2_et import assets, data
 from llama2_et.data import (
     SAMPLE,
     TokenBatches,
+    bigram_entropy,
     open_shard,
     prepare_data,
     pretokenize,
@@ -121,6 +122,21 @@ def test_unigram_entropy_matches_the_definition():
     expected = -sum(c / len(tokens) * math.log(c / len(tokens)) for c in counts.values())
     assert unigram_entropy(tokens) == pytest.approx(expected, rel=1e-12)
     assert unigram_entropy(np.arange(256).repeat(3)) == pytest.approx(math.log(256))
+
+
+def test_bigram_entropy_matches_the_definition():
+    tokens = np.random.default_rng(0).integers(0, 50, size=5000) ** 2 % 97
+    pairs = Counter(zip(tokens[:-1].tolist(), tokens[1:].tolist(), strict=True))
+    firsts = Counter(tokens[:-1].tolist())
+    n = len(tokens) - 1
+    expected = -sum(c / n * math.log(c / firsts[a]) for (a, _), c in pairs.items())
+    assert bigram_entropy(tokens) == pytest.approx(expected, rel=1e-12)
+    assert bigram_entropy(np.tile(np.arange(7), 100)) == 0.0  # each token fixes the next
+    # a de Bruijn cycle holds each of the 16 pairs of 4 ids once: the previous id says nothing, H = ln 4
+    de_bruijn = np.array([0, 0, 1, 0, 2, 0, 3, 1, 1, 2, 1, 3, 2, 2, 3, 3])
+    assert bigram_entropy(np.append(np.tile(de_bruijn, 30), 0)) == pytest.approx(math.log(4), rel=1e-12)
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        bigram_entropy(np.array([5]))
 
 
 def llama2c_tokenizer_scores(path: str) -> list[float]:

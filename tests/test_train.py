@@ -9,13 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from llama2_et.__main__ import main
 from llama2_et.checkpoint import CheckpointError, load_checkpoint
 from llama2_et.config import ModelArgs
-from llama2_et.data import SAMPLE, read_stories
+from llama2_et.data import SAMPLE, bigram_entropy, open_shard, read_stories, unigram_entropy
 from llama2_et.model import Transformer
 from llama2_et.preproc import Preproc
 from llama2_et.train import TrainConfig, init_weights, lr_at, make_optimizer, train
@@ -135,6 +136,11 @@ def test_resume_continues_the_uninterrupted_run_exactly(tiny, capsys):
         expected = model(tokens, *Preproc.for_model(model.args).full(32))
         assert torch.equal(from_bin(tokens, *Preproc.for_model(from_bin.args).full(32)), expected)
     assert second.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    val_tokens = np.concatenate([open_shard(s) for s in second.data.val_shards])
+    assert (second.unigram_entropy, second.bigram_entropy) == (
+        unigram_entropy(val_tokens),
+        bigram_entropy(val_tokens),
+    )  # the references the log and the plot show are those of the held-out tokens
 
     # a run without --resume never silently replaces a trained model; --overwrite does, on purpose
     kept = Path(second.checkpoint).read_bytes(), Path(second.llama2c_bin).read_bytes()
