@@ -16,6 +16,8 @@
 #include <string>
 #include <vector>
 
+#include <sys/resource.h>
+
 #include "program.h"
 #include "sampler.h"
 #include "tokenizer.h"
@@ -24,7 +26,8 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: llama2_et_runner --model PATH.pte --tokenizer PATH.bin [--prompt TEXT] [--steps N]\n"
-    "                        [--temperature T] [--top-p P] [--seed S] [--print-tokens] [--warmup]\n"
+    "                        [--temperature T] [--top-p P] [--seed S] [--threads N] [--print-tokens]\n"
+    "                        [--warmup]\n"
     "  --model         a .pte from `python -m llama2_et export` (gather, narrow or preproc design)\n"
     "  --tokenizer     a llama2.c tokenizer.bin (e.g. tok512.bin for stories260K)\n"
     "  --prompt        text to continue (default: empty, i.e. start from BOS)\n"
@@ -33,6 +36,8 @@ constexpr const char* kUsage =
     "  --temperature   0 = greedy argmax (default 0)\n"
     "  --top-p         nucleus sampling threshold in (0, 1]; 1 = off (default 1)\n"
     "  --seed          random seed for sampling (default: the current time)\n"
+    "  --threads       threads of ExecuTorch's thread pool, which XNNPACK computes on\n"
+    "                  (default 0: the size ExecuTorch picks for this machine)\n"
     "  --print-tokens  print token ids (prompt with BOS, then generated) instead of text;\n"
     "                  with --steps 0 and no --model it only encodes the prompt\n"
     "  --warmup        run the prompt's prefill and one decode step once, untimed, before\n"
@@ -45,6 +50,7 @@ struct Options {
   float temperature = 0.0f;
   float top_p = 1.0f;
   uint64_t seed = static_cast<uint64_t>(std::time(nullptr));
+  long long threads = 0;
   bool print_tokens = false;
   bool warmup = false;
 };
@@ -83,7 +89,7 @@ Options parse_args(int argc, char** argv) {
       std::exit(0);
     }
     const std::set<std::string> valued = {"--model", "--tokenizer", "--prompt", "--steps",
-                                          "--temperature", "--top-p", "--seed"};
+                                          "--temperature", "--top-p", "--seed", "--threads"};
     if (!valued.count(flag)) throw std::runtime_error("unknown option " + flag);
     if (i + 1 >= argc) throw std::runtime_error("missing value for " + flag);
     const std::string value = argv[++i];
@@ -107,6 +113,9 @@ Options parse_args(int argc, char** argv) {
       }
     } else if (flag == "--seed") {
       options.seed = static_cast<uint64_t>(parse_count(flag, value));
+    } else if (flag == "--threads") {
+      options.threads = parse_count(flag, value);
+      if (options.threads > 1024) throw std::runtime_error("--threads must be at most 1024, got " + value);
     }
   }
   const bool encode_only = options.print_tokens && options.steps == 0;
@@ -122,6 +131,13 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 void report_speed(const char* phase, size_t tokens, double seconds) {
   std::fprintf(stderr, "%s: %zu tokens in %.2f ms, %.1f tok/s\n", phase, tokens, seconds * 1e3,
                seconds > 0 ? static_cast<double>(tokens) / seconds : 0.0);
+}
+
+// The process's peak resident memory so far, in KiB (Linux's ru_maxrss unit).
+long peak_rss_kib() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_maxrss;
 }
 
 // Writes one token as text (or as its id), right away.
@@ -148,6 +164,7 @@ int run(const Options& options) {
     std::fputs("\n", stdout);
     return 0;
   }
+  const size_t threads = size_thread_pool(options.threads);
   const auto load_start = std::chrono::steady_clock::now();
   Program program(options.model);
   const Tokenizer tokenizer(options.tokenizer, program.bos_id());
@@ -155,6 +172,7 @@ int run(const Options& options) {
       program.design() == Design::kPositions ? "tokens, input_pos" : "tokens, cos, sin, mask, input_pos";
   std::fprintf(stderr, "load: %s (inputs %s) in %.2f ms; content hash %s\n", options.model.c_str(), inputs,
                seconds_since(load_start) * 1e3, program.sealed() ? "verified" : "absent (not checked)");
+  std::fprintf(stderr, "threads %zu\n", threads);
   if (tokenizer.vocab_size() != program.vocab_size()) {
     const std::string pieces = std::to_string(tokenizer.vocab_size());
     const std::string vocab = std::to_string(program.vocab_size());
@@ -179,20 +197,21 @@ int run(const Options& options) {
     program.forward({tokens.back()}, prompt_len);
   }
   Sampler sampler(options.temperature, options.top_p, options.seed);
-  std::vector<float> logits;
+  std::vector<int64_t> last(1);  // decode's input: the newest token
   size_t decoded = 0;
   double prefill_seconds = 0, decode_seconds = 0;
   for (long long step = 0; step < options.steps; ++step) {
     const auto start = std::chrono::steady_clock::now();
+    int64_t next = 0;
     if (step == 0) {
-      logits = program.forward(tokens, 0);  // prefill: the whole prompt at positions 0..
+      next = sampler.sample(program.forward(tokens, 0));  // prefill: the whole prompt at positions 0..
       prefill_seconds = seconds_since(start);
     } else {
-      logits = program.forward({tokens.back()}, static_cast<int64_t>(tokens.size()) - 1);
+      last[0] = tokens.back();
+      next = sampler.sample(program.forward(last, static_cast<int64_t>(tokens.size()) - 1));
       decode_seconds += seconds_since(start);
       ++decoded;
     }
-    const int64_t next = sampler.sample(logits);
     const auto& stop = program.stop_ids();
     if (std::find(stop.begin(), stop.end(), next) != stop.end()) break;
     emit(options, tokenizer, tokens.back(), next);
@@ -201,6 +220,7 @@ int run(const Options& options) {
   std::fputs("\n", stdout);
   if (options.steps > 0) report_speed("prefill", static_cast<size_t>(prompt_len), prefill_seconds);
   report_speed("decode", decoded, decode_seconds);
+  std::fprintf(stderr, "peak_rss_kib %ld\n", peak_rss_kib());
   return 0;
 }
 
