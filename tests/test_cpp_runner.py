@@ -86,6 +86,17 @@ def test_warmup_changes_no_token(runner, ptes, data_dir, design):
     assert [int(t) for t in result.stdout.split()] == ids
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_threads_size_the_pool_and_change_no_token(runner, ptes, data_dir, threads):
+    """--threads N runs XNNPACK on N threads (the runner says so) and decodes eager's greedy tokens."""
+    ids, _ = eager_greedy(data_dir, PROMPTS[1], STEPS)
+    common = ["--model", ptes["gather"], "--tokenizer", data_dir / "tok512.bin", "--prompt", PROMPTS[1]]
+    result = run(runner, *common, "--steps", STEPS, "--print-tokens", "--threads", threads)
+    assert result.returncode == 0, result.stderr
+    assert f"\nthreads {threads}\n" in result.stderr
+    assert [int(t) for t in result.stdout.split()] == ids
+
+
 def test_tiny_top_p_is_greedy(runner, ptes, data_dir):
     """top-p keeps only the most likely token when p is tiny, whatever the temperature."""
     ids, _ = eager_greedy(data_dir, PROMPTS[0], STEPS)
@@ -155,6 +166,39 @@ def test_runner_stops_at_the_programs_eos_ids(runner, stories260k_eos_pte, data_
     result = run(runner, *common, "--steps", STEPS, "--print-tokens")
     assert result.returncode == 0, result.stderr
     assert [int(t) for t in result.stdout.split()] == prompt + expected
+
+
+@pytest.fixture(scope="module")
+def wide_pte(tmp_path_factory) -> tuple[Path, int]:
+    """Two stories15M layers with Llama 2's 32000-token vocabulary, random weights: a .pte over 64 MiB.
+
+    Returns the .pte and the bytes of its linear layers' weights, which every decode step reads.
+    """
+    from llama2_et.config import preset
+    from llama2_et.export import export_pte
+    from llama2_et.model import Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(preset("stories15M").replace(n_layers=2)).eval()
+    linears = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    path = tmp_path_factory.mktemp("wide") / "wide.pte"
+    export_pte(model, path, "gather", "xnnpack", max_seq_len=64)
+    return path, sum(w.numel() * w.element_size() for w in linears)
+
+
+def test_peak_rss_holds_the_weights_and_no_second_copy_of_the_file(runner, wide_pte, data_dir):
+    """peak_rss_kib is at least the linear weights (a decode step reads them all, so they were
+    resident) and, the program being mmapped, at most the file + 64 MiB: a second copy of a file over
+    64 MiB, or the peak of the Python process that started the runner (getrusage), would break it."""
+    path, linear_bytes = wide_pte
+    pte_bytes = path.stat().st_size
+    assert pte_bytes > 64 * 2**20
+    common = ["--model", path, "--tokenizer", data_dir / "tokenizer.bin", "--prompt", PROMPTS[0]]
+    result = run(runner, *common, "--steps", 8)
+    assert result.returncode == 0, result.stderr
+    reported = [int(n) for n in re.findall(r"^peak_rss_kib (\d+)$", result.stderr, re.MULTILINE)]
+    assert len(reported) == 1, result.stderr
+    assert linear_bytes <= reported[0] * 1024 <= pte_bytes + 64 * 2**20
 
 
 def whitespace_corpus(n_random: int) -> list[str]:
@@ -272,6 +316,8 @@ BAD_INPUTS = {  # name: (arguments, text the message must contain)
     "not a number": (["--temperature", "hot"], "hot"),
     "top-p out of range": (["--top-p", "1.5"], "--top-p"),
     "negative seed": (["--seed", "-1"], "--seed"),
+    "threads not a count": (["--threads", "two"], "--threads"),
+    "too many threads": (["--threads", "100000"], "--threads"),
 }
 
 

@@ -4,6 +4,7 @@
 #include <executorch/runtime/platform/platform.h>
 #include <executorch/runtime/platform/runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <iterator>
@@ -14,11 +15,24 @@
 #include "integrity.h"
 
 using executorch::aten::ScalarType;
+using executorch::aten::SizesType;
 using executorch::extension::from_blob;
 using executorch::extension::Module;
-using executorch::extension::TensorPtr;
+using executorch::extension::resize_tensor_ptr;
 using executorch::runtime::Error;
 using executorch::runtime::EValue;
+using executorch::runtime::Span;
+
+// The wheel ships libexecutorch_threadpool.so, the pool XNNPACK computes on, without its header
+// (extension/threadpool/threadpool.h): the members used here, declared as that header declares them.
+namespace executorch::extension::threadpool {
+class ThreadPool final {
+ public:
+  size_t get_thread_count() const;
+  bool _unsafe_reset_threadpool(uint32_t num_threads);
+};
+ThreadPool* get_threadpool();
+}  // namespace executorch::extension::threadpool
 
 namespace {
 
@@ -41,6 +55,16 @@ std::string describe(const std::string& what, Error error) {
   return text;
 }
 
+// ExecuTorch's runtime, logging through keep_error_log; once per process, before anything else.
+void init_runtime() {
+  static const bool initialized = [] {
+    executorch::runtime::runtime_init();
+    executorch::runtime::register_pal(executorch::runtime::PalImpl::create(keep_error_log, __FILE__));
+    return true;
+  }();
+  (void)initialized;
+}
+
 ScalarType scalar_type(const char* dtype) {  // a contract.h dtype name
   return std::strcmp(dtype, "float32") == 0 ? ScalarType::Float : ScalarType::Long;
 }
@@ -55,9 +79,18 @@ std::string joined(const char* const (&names)[N]) {
 
 }  // namespace
 
+size_t size_thread_pool(long long threads) {
+  init_runtime();
+  auto* pool = executorch::extension::threadpool::get_threadpool();
+  if (pool == nullptr) throw std::runtime_error("ExecuTorch's thread pool could not start (cpuinfo failed)");
+  if (threads > 0 && !pool->_unsafe_reset_threadpool(static_cast<uint32_t>(threads))) {
+    throw std::runtime_error("cannot resize ExecuTorch's thread pool to --threads " + std::to_string(threads));
+  }
+  return pool->get_thread_count();
+}
+
 Program::Program(const std::string& path) : path_(path), module_(path, Module::LoadMode::Mmap) {
-  executorch::runtime::runtime_init();
-  executorch::runtime::register_pal(executorch::runtime::PalImpl::create(keep_error_log, __FILE__));
+  init_runtime();
   sealed_ = verify_seal(path) == Seal::kVerified;  // before ExecuTorch reads a byte of it
   const std::string not_ours = "; export it with `python -m llama2_et export`";
   Error error = module_.load(executorch::runtime::Program::Verification::InternalConsistency);
@@ -78,6 +111,7 @@ Program::Program(const std::string& path) : path_(path), module_(path, Module::L
       inv_freq_.push_back(1.0f / std::pow(theta, static_cast<float>(2 * i) / static_cast<float>(head_dim)));
     }
   }
+  make_inputs();
 }
 
 void Program::check_signature() {
@@ -97,13 +131,12 @@ void Program::check_signature() {
     const auto input = meta->input_tensor_meta(i);
     matches = input.ok() && input->scalar_type() == scalar_type(dtypes[i]);
   }
-  int64_t vocab_size = 0;
   if (matches && meta->num_outputs() >= 1) {
     const auto output = meta->output_tensor_meta(0);
     matches = output.ok() && output->scalar_type() == ScalarType::Float && output->sizes().size() == 2;
-    vocab_size = matches ? output->sizes()[1] : 0;
+    vocab_size_ = matches ? output->sizes()[1] : 0;
   }
-  if (vocab_size <= 0) {
+  if (vocab_size_ <= 0) {
     last_runtime_error.clear();
     throw std::runtime_error(
         "forward of " + path_ + " (" + std::to_string(n_inputs) + " inputs) matches neither design: "
@@ -111,7 +144,6 @@ void Program::check_signature() {
         " with float32 tables, "
         "returning float32 logits (1, V), as `python -m llama2_et export` writes");
   }
-  logits_.resize(static_cast<size_t>(vocab_size));
 }
 
 void Program::read_special_ids() {
@@ -155,37 +187,69 @@ double Program::number_constant(const std::string& name) {
                            "; export it with `python -m llama2_et export`, which adds it");
 }
 
-const std::vector<float>& Program::forward(const std::vector<int64_t>& tokens, int64_t start_pos) {
-  const auto seq_len = static_cast<int32_t>(tokens.size());
-  std::vector<int64_t> token_data = tokens;  // from_blob wraps mutable memory
-  std::vector<int64_t> positions;
-  std::vector<float> cos, sin, mask;
-  std::vector<TensorPtr> tensors = {from_blob(token_data.data(), {1, seq_len}, ScalarType::Long)};  // (1, L)
+void Program::make_inputs() {
+  const auto capacity = static_cast<SizesType>(max_seq_len_);
+  const auto half = static_cast<SizesType>(inv_freq_.size());
+  token_data_.resize(max_seq_len_);
+  tensors_.push_back(from_blob(token_data_.data(), {1, capacity}, ScalarType::Long));  // (1, L)
   if (design_ == Design::kPositions) {
-    positions = {start_pos};
-    tensors.push_back(from_blob(positions.data(), {1}, ScalarType::Long));  // (1,)
+    position_data_.resize(1);
+    tensors_.push_back(from_blob(position_data_.data(), {1}, ScalarType::Long));  // (1,)
   } else {
-    const float neg_inf = -std::numeric_limits<float>::infinity();
-    for (int64_t pos = start_pos; pos < start_pos + seq_len; ++pos) {
-      positions.push_back(pos);
-      for (float freq : inv_freq_) {
-        const float angle = static_cast<float>(pos) * freq;
-        cos.push_back(std::cos(angle));
-        sin.push_back(std::sin(angle));
-      }
-      for (int64_t key = 0; key < max_seq_len_; ++key) mask.push_back(key <= pos ? 0.0f : neg_inf);
-    }
-    const auto half = static_cast<int32_t>(inv_freq_.size());
-    const auto context = static_cast<int32_t>(max_seq_len_);
-    tensors.push_back(from_blob(cos.data(), {seq_len, half}, ScalarType::Float));  // (L, Dh/2)
-    tensors.push_back(from_blob(sin.data(), {seq_len, half}, ScalarType::Float));
-    tensors.push_back(from_blob(mask.data(), {seq_len, context}, ScalarType::Float));  // (L, Lm)
-    tensors.push_back(from_blob(positions.data(), {seq_len}, ScalarType::Long));  // (L,)
+    position_data_.resize(max_seq_len_);
+    cos_data_.resize(max_seq_len_ * half);
+    sin_data_.resize(max_seq_len_ * half);
+    mask_data_.resize(max_seq_len_ * max_seq_len_);
+    tensors_.push_back(from_blob(cos_data_.data(), {capacity, half}, ScalarType::Float));  // (L, Dh/2)
+    tensors_.push_back(from_blob(sin_data_.data(), {capacity, half}, ScalarType::Float));
+    tensors_.push_back(from_blob(mask_data_.data(), {capacity, capacity}, ScalarType::Float));  // (L, Lm)
+    tensors_.push_back(from_blob(position_data_.data(), {capacity}, ScalarType::Long));  // (L,)
   }
-  const std::vector<EValue> inputs(tensors.begin(), tensors.end());  // views: tensors stay alive
-  const auto outputs = module_.forward(inputs);
+  inputs_.assign(tensors_.begin(), tensors_.end());  // views: the tensors and their buffers stay put
+  seq_len_ = static_cast<int32_t>(capacity);
+}
+
+void Program::resize_inputs(int32_t seq_len) {
+  const auto capacity = static_cast<SizesType>(max_seq_len_);
+  const auto half = static_cast<SizesType>(inv_freq_.size());
+  Error error = resize_tensor_ptr(tensors_[0], {1, seq_len});
+  if (design_ == Design::kPreproc) {
+    for (size_t i : {1, 2}) error = error == Error::Ok ? resize_tensor_ptr(tensors_[i], {seq_len, half}) : error;
+    if (error == Error::Ok) error = resize_tensor_ptr(tensors_[3], {seq_len, capacity});
+    if (error == Error::Ok) error = resize_tensor_ptr(tensors_[4], {seq_len});
+  }
+  if (error != Error::Ok) throw std::runtime_error(describe("cannot resize the inputs of " + path_, error));
+  seq_len_ = seq_len;
+}
+
+Span<const float> Program::forward(const std::vector<int64_t>& tokens, int64_t start_pos) {
+  const auto seq_len = static_cast<int32_t>(tokens.size());
+  if (seq_len < 1 || start_pos + seq_len > max_seq_len_) {
+    throw std::runtime_error("forward of " + path_ + ": " + std::to_string(seq_len) + " tokens at position " +
+                             std::to_string(start_pos) + " do not fit max_seq_len " +
+                             std::to_string(max_seq_len_));
+  }
+  if (seq_len != seq_len_) resize_inputs(seq_len);
+  std::copy(tokens.begin(), tokens.end(), token_data_.begin());
+  if (design_ == Design::kPositions) {
+    position_data_[0] = start_pos;
+  } else {
+    const size_t half = inv_freq_.size();
+    const float neg_inf = -std::numeric_limits<float>::infinity();
+    for (int64_t row = 0; row < seq_len; ++row) {
+      const int64_t pos = start_pos + row;
+      position_data_[row] = pos;
+      for (size_t i = 0; i < half; ++i) {
+        const float angle = static_cast<float>(pos) * inv_freq_[i];
+        cos_data_[row * half + i] = std::cos(angle);
+        sin_data_[row * half + i] = std::sin(angle);
+      }
+      float* mask_row = mask_data_.data() + row * max_seq_len_;
+      for (int64_t key = 0; key < max_seq_len_; ++key) mask_row[key] = key <= pos ? 0.0f : neg_inf;
+    }
+  }
+  const auto outputs = module_.forward(inputs_);
   if (!outputs.ok()) throw std::runtime_error(describe("forward of " + path_ + " failed", outputs.error()));
-  const auto& logits = outputs->at(0).toTensor();  // (1, V)
-  std::copy(logits.const_data_ptr<float>(), logits.const_data_ptr<float>() + logits_.size(), logits_.begin());
-  return logits_;
+  const auto& logits = outputs->at(0).toTensor();  // (1, V): the program's own output memory
+  return {logits.const_data_ptr<float>(), static_cast<size_t>(vocab_size_)};
 }

@@ -2,6 +2,8 @@
 #pragma once
 
 #include <executorch/extension/module/module.h>
+#include <executorch/extension/tensor/tensor.h>
+#include <executorch/runtime/core/span.h>
 
 #include <cstdint>
 #include <string>
@@ -11,6 +13,11 @@
 // inside the program; preproc takes the sliced RoPE tables and mask, and positions (L,).
 enum class Design { kPositions, kPreproc };
 
+// Sizes ExecuTorch's thread pool, which XNNPACK computes on, to `threads` (0 keeps the size ExecuTorch
+// picks for this machine) and returns its size. Call it before constructing a Program:
+// XNNPACK takes the pool when it loads a program. Throws std::runtime_error when it cannot.
+size_t size_thread_pool(long long threads);
+
 class Program {
  public:
   // Verifies the .pte's content hash (integrity.h), then loads it and its forward method; throws
@@ -19,11 +26,13 @@ class Program {
   explicit Program(const std::string& path);
 
   // Logits (V,) of the last of `tokens`, placed at positions start_pos.., written to the KV cache.
-  const std::vector<float>& forward(const std::vector<int64_t>& tokens, int64_t start_pos);
+  // A view of the program's output, valid until the next forward: nothing is copied or allocated
+  // per call (the inputs are written into tensors made once, resized when L changes).
+  executorch::runtime::Span<const float> forward(const std::vector<int64_t>& tokens, int64_t start_pos);
 
   Design design() const { return design_; }
   int64_t max_seq_len() const { return max_seq_len_; }
-  int64_t vocab_size() const { return static_cast<int64_t>(logits_.size()); }
+  int64_t vocab_size() const { return vocab_size_; }
   int64_t bos_id() const { return bos_id_; }
   bool sealed() const { return sealed_; }  // the file carries a content hash, and it matched
   // The ids that end generation: the program's get_eos_ids, or contract::kStopIds without it.
@@ -34,14 +43,22 @@ class Program {
   double number_constant(const std::string& name);
   void check_signature();
   void read_special_ids();
+  void make_inputs();
+  void resize_inputs(int32_t seq_len);
 
   std::string path_;
   executorch::extension::Module module_;
   Design design_ = Design::kPositions;
   bool sealed_ = false;
   int64_t max_seq_len_ = 0;
+  int64_t vocab_size_ = 0;
   int64_t bos_id_ = 0;
   std::vector<int64_t> stop_ids_;
   std::vector<float> inv_freq_;  // (Dh/2,) RoPE frequencies theta^(-2i/Dh), preproc design only
-  std::vector<float> logits_;    // (V,)
+  // forward's inputs, each buffer sized for L = max_seq_len and viewed by a tensor of the current L.
+  std::vector<int64_t> token_data_, position_data_;
+  std::vector<float> cos_data_, sin_data_, mask_data_;
+  std::vector<executorch::extension::TensorPtr> tensors_;
+  std::vector<executorch::runtime::EValue> inputs_;  // views of tensors_, in the signature's order
+  int32_t seq_len_ = 0;                              // the L tensors_ have now
 };

@@ -2,7 +2,8 @@
 //
 // Prefill feeds the whole prompt in one forward call (the program's token dimension is
 // dynamic), then decode feeds one token per call; the KV cache lives inside the program.
-// Text streams to stdout, prompt first, as llama2.c's run.c prints it; speeds go to stderr.
+// Text streams to stdout, prompt first, as llama2.c's run.c prints it; speeds (a step is its forward
+// and its sampling, as TextLLMRunner times it), threads and peak memory go to stderr.
 
 #include <algorithm>
 #include <cerrno>
@@ -11,10 +12,14 @@
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
+#include <fstream>
+#include <sstream>
 #include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include <sys/mman.h>
 
 #include "program.h"
 #include "sampler.h"
@@ -24,7 +29,8 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: llama2_et_runner --model PATH.pte --tokenizer PATH.bin [--prompt TEXT] [--steps N]\n"
-    "                        [--temperature T] [--top-p P] [--seed S] [--print-tokens] [--warmup]\n"
+    "                        [--temperature T] [--top-p P] [--seed S] [--threads N] [--print-tokens]\n"
+    "                        [--warmup]\n"
     "  --model         a .pte from `python -m llama2_et export` (gather, narrow or preproc design)\n"
     "  --tokenizer     a llama2.c tokenizer.bin (e.g. tok512.bin for stories260K)\n"
     "  --prompt        text to continue (default: empty, i.e. start from BOS)\n"
@@ -33,6 +39,8 @@ constexpr const char* kUsage =
     "  --temperature   0 = greedy argmax (default 0)\n"
     "  --top-p         nucleus sampling threshold in (0, 1]; 1 = off (default 1)\n"
     "  --seed          random seed for sampling (default: the current time)\n"
+    "  --threads       threads of ExecuTorch's thread pool, which XNNPACK computes on\n"
+    "                  (default 0: the size ExecuTorch picks for this machine)\n"
     "  --print-tokens  print token ids (prompt with BOS, then generated) instead of text;\n"
     "                  with --steps 0 and no --model it only encodes the prompt\n"
     "  --warmup        run the prompt's prefill and one decode step once, untimed, before\n"
@@ -45,6 +53,7 @@ struct Options {
   float temperature = 0.0f;
   float top_p = 1.0f;
   uint64_t seed = static_cast<uint64_t>(std::time(nullptr));
+  long long threads = 0;
   bool print_tokens = false;
   bool warmup = false;
 };
@@ -83,7 +92,7 @@ Options parse_args(int argc, char** argv) {
       std::exit(0);
     }
     const std::set<std::string> valued = {"--model", "--tokenizer", "--prompt", "--steps",
-                                          "--temperature", "--top-p", "--seed"};
+                                          "--temperature", "--top-p", "--seed", "--threads"};
     if (!valued.count(flag)) throw std::runtime_error("unknown option " + flag);
     if (i + 1 >= argc) throw std::runtime_error("missing value for " + flag);
     const std::string value = argv[++i];
@@ -107,6 +116,9 @@ Options parse_args(int argc, char** argv) {
       }
     } else if (flag == "--seed") {
       options.seed = static_cast<uint64_t>(parse_count(flag, value));
+    } else if (flag == "--threads") {
+      options.threads = parse_count(flag, value);
+      if (options.threads > 1024) throw std::runtime_error("--threads must be at most 1024, got " + value);
     }
   }
   const bool encode_only = options.print_tokens && options.steps == 0;
@@ -122,6 +134,42 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 void report_speed(const char* phase, size_t tokens, double seconds) {
   std::fprintf(stderr, "%s: %zu tokens in %.2f ms, %.1f tok/s\n", phase, tokens, seconds * 1e3,
                seconds > 0 ? static_cast<double>(tokens) / seconds : 0.0);
+}
+
+// This process's peak resident memory in KiB (the kernel's VmHWM), or -1 without /proc. Not
+// getrusage's ru_maxrss: that one keeps the peak of the process that spawned us when it spawned
+// with vfork, as Python's subprocess does (a 110 MB run started from a 600 MB Python says 600 MB).
+long long peak_rss_kib() {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6));  // "VmHWM:   110104 kB"
+  }
+  return -1;
+}
+
+// Asks the kernel to back this process's anonymous memory (XNNPACK's packed weights, the planned
+// activations, the KV cache) with 2 MiB pages now (MADV_COLLAPSE, Linux 6.1+): a decode step streams
+// every weight, and on 4 KiB pages that is a TLB miss per 4 KiB. No copy: the pages are remapped,
+// and RSS stays the same. Where the kernel declines (older, or THP off), nothing changes.
+void collapse_into_huge_pages() {
+  constexpr int kMadvCollapse = 25;  // MADV_COLLAPSE, absent from older headers
+  constexpr uintptr_t kHugePage = uintptr_t{2} << 20;
+  std::ifstream maps("/proc/self/maps");
+  for (std::string line; std::getline(maps, line);) {  // "start-end perms offset dev inode [path]"
+    std::istringstream fields(line);
+    uintptr_t start = 0, end = 0;
+    char dash = 0;
+    std::string perms, offset, device, path;
+    unsigned long long inode = 0;
+    fields >> std::hex >> start >> dash >> end >> perms >> offset >> device >> std::dec >> inode >> path;
+    const bool anonymous = inode == 0 && (path.empty() || path == "[heap]");
+    if (!fields.eof() || !anonymous || perms.rfind("rw", 0) != 0) continue;
+    const uintptr_t first = (start + kHugePage - 1) & ~(kHugePage - 1), last = end & ~(kHugePage - 1);
+    if (last <= first) continue;
+    void* region = reinterpret_cast<void*>(first);
+    madvise(region, last - first, MADV_HUGEPAGE);
+    madvise(region, last - first, kMadvCollapse);
+  }
 }
 
 // Writes one token as text (or as its id), right away.
@@ -148,13 +196,16 @@ int run(const Options& options) {
     std::fputs("\n", stdout);
     return 0;
   }
+  const size_t threads = size_thread_pool(options.threads);
   const auto load_start = std::chrono::steady_clock::now();
   Program program(options.model);
+  collapse_into_huge_pages();  // after the load, which packed the weights
   const Tokenizer tokenizer(options.tokenizer, program.bos_id());
   const char* inputs =
       program.design() == Design::kPositions ? "tokens, input_pos" : "tokens, cos, sin, mask, input_pos";
   std::fprintf(stderr, "load: %s (inputs %s) in %.2f ms; content hash %s\n", options.model.c_str(), inputs,
                seconds_since(load_start) * 1e3, program.sealed() ? "verified" : "absent (not checked)");
+  std::fprintf(stderr, "threads %zu\n", threads);
   if (tokenizer.vocab_size() != program.vocab_size()) {
     const std::string pieces = std::to_string(tokenizer.vocab_size());
     const std::string vocab = std::to_string(program.vocab_size());
@@ -179,20 +230,21 @@ int run(const Options& options) {
     program.forward({tokens.back()}, prompt_len);
   }
   Sampler sampler(options.temperature, options.top_p, options.seed);
-  std::vector<float> logits;
+  std::vector<int64_t> last(1);  // decode's input: the newest token
   size_t decoded = 0;
   double prefill_seconds = 0, decode_seconds = 0;
   for (long long step = 0; step < options.steps; ++step) {
     const auto start = std::chrono::steady_clock::now();
+    int64_t next = 0;
     if (step == 0) {
-      logits = program.forward(tokens, 0);  // prefill: the whole prompt at positions 0..
+      next = sampler.sample(program.forward(tokens, 0));  // prefill: the whole prompt at positions 0..
       prefill_seconds = seconds_since(start);
     } else {
-      logits = program.forward({tokens.back()}, static_cast<int64_t>(tokens.size()) - 1);
+      last[0] = tokens.back();
+      next = sampler.sample(program.forward(last, static_cast<int64_t>(tokens.size()) - 1));
       decode_seconds += seconds_since(start);
       ++decoded;
     }
-    const int64_t next = sampler.sample(logits);
     const auto& stop = program.stop_ids();
     if (std::find(stop.begin(), stop.end(), next) != stop.end()) break;
     emit(options, tokenizer, tokens.back(), next);
@@ -201,6 +253,7 @@ int run(const Options& options) {
   std::fputs("\n", stdout);
   if (options.steps > 0) report_speed("prefill", static_cast<size_t>(prompt_len), prefill_seconds);
   report_speed("decode", decoded, decode_seconds);
+  if (const long long peak = peak_rss_kib(); peak >= 0) std::fprintf(stderr, "peak_rss_kib %lld\n", peak);
   return 0;
 }
 

@@ -4,22 +4,25 @@
 #include <cmath>
 #include <numeric>
 
+using executorch::runtime::Span;
+
 namespace {
 
 // Index of the largest value, the lowest index on ties (as torch.argmax).
-int64_t argmax(const std::vector<float>& values) {
+int64_t argmax(Span<const float> values) {
   return std::max_element(values.begin(), values.end()) - values.begin();
 }
 
-// In-place softmax of logits / temperature.
-void softmax(std::vector<float>& logits, float temperature) {
+// probs = softmax(logits / temperature).
+void softmax(Span<const float> logits, float temperature, std::vector<float>& probs) {
   const float max_logit = *std::max_element(logits.begin(), logits.end());
+  probs.resize(logits.size());
   double sum = 0;
-  for (float& x : logits) {
-    x = std::exp((x - max_logit) / temperature);
-    sum += x;
+  for (size_t i = 0; i < logits.size(); ++i) {
+    probs[i] = std::exp((logits[i] - max_logit) / temperature);
+    sum += probs[i];
   }
-  for (float& x : logits) x = static_cast<float>(x / sum);
+  for (float& x : probs) x = static_cast<float>(x / sum);
 }
 
 }  // namespace
@@ -27,26 +30,26 @@ void softmax(std::vector<float>& logits, float temperature) {
 Sampler::Sampler(float temperature, float top_p, uint64_t seed)
     : temperature_(temperature), top_p_(top_p), rng_(seed) {}
 
-int64_t Sampler::sample(std::vector<float>& logits) {
+int64_t Sampler::sample(Span<const float> logits) {
   if (temperature_ == 0.0f) return argmax(logits);
-  softmax(logits, temperature_);
-  std::vector<int64_t> candidates(logits.size());  // token ids, most likely first when top-p cuts
-  std::iota(candidates.begin(), candidates.end(), 0);
-  size_t kept = candidates.size();
+  softmax(logits, temperature_, probs_);
+  candidates_.resize(logits.size());
+  std::iota(candidates_.begin(), candidates_.end(), 0);
+  size_t kept = candidates_.size();
   float kept_mass = 1.0f;
   if (top_p_ < 1.0f) {
-    std::stable_sort(candidates.begin(), candidates.end(),
-                     [&](int64_t a, int64_t b) { return logits[a] > logits[b]; });
+    std::stable_sort(candidates_.begin(), candidates_.end(),
+                     [&](int64_t a, int64_t b) { return probs_[a] > probs_[b]; });
     kept_mass = 0.0f;
     kept = 0;
-    while (kept < candidates.size() && kept_mass <= top_p_) kept_mass += logits[candidates[kept++]];
+    while (kept < candidates_.size() && kept_mass <= top_p_) kept_mass += probs_[candidates_[kept++]];
   }
   // Inverse-CDF draw over the kept tokens, their probabilities renormalised by kept_mass.
   const float r = std::uniform_real_distribution<float>(0.0f, kept_mass)(rng_);
   float cdf = 0.0f;
   for (size_t i = 0; i < kept; ++i) {
-    cdf += logits[candidates[i]];
-    if (r < cdf) return candidates[i];
+    cdf += probs_[candidates_[i]];
+    if (r < cdf) return candidates_[i];
   }
-  return candidates[kept - 1];  // rounding left r just past the last cdf
+  return candidates_[kept - 1];  // rounding left r just past the last cdf
 }
