@@ -9,8 +9,11 @@ Designs (chapters 4 and 5 tell their story):
 - "narrow": forward(tokens, input_pos) slices the RoPE tables and the mask inside the graph with
   `narrow` at a start read from a tensor. It exports, but XNNPACK cannot delegate what the slice feeds.
 - "preproc": forward(tokens, cos, sin, mask, input_pos): the caller slices (the original series' fix).
+  Attention reads as many cache positions as the mask has columns, W: a caller that passes the
+  filled columns only (W = pos + L) makes it skip the empty slots; W = Lm works too.
 - "gather": forward(tokens, input_pos) gathers the table rows at input_pos + arange(L), so their
   count is the tokens' own length, a shape rather than a value. The package exports it by default.
+  Its attention reads the filled prefix, pos + L positions, a width it reads from input_pos.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ class Signature:
 
 POSITIONS_INPUTS = Signature(("tokens", "input_pos"), ("int64", "int64"))  # tokens (1, L), input_pos (1,)
 PREPROC_INPUTS = Signature(
-    ("tokens", "cos", "sin", "mask", "input_pos"),  # (1, L), (L, Dh/2) x2, (L, Lm), (L,)
+    ("tokens", "cos", "sin", "mask", "input_pos"),  # (1, L), (L, Dh/2) x2, (L, W), (L,); pos + L <= W <= Lm
     ("int64", "float32", "float32", "float32", "int64"),
 )
 SIGNATURES = {"narrow": POSITIONS_INPUTS, "preproc": PREPROC_INPUTS, "gather": POSITIONS_INPUTS}

@@ -7,6 +7,12 @@ tell why there are three:
 - `PreprocProgram`: the caller slices (`Preproc.window`), the graph receives the slices.
 - `GatherProgram`: gathers the rows at input_pos + arange(L), so the slice length is the tokens'
   own length L, a shape, and every op it feeds stays delegable. The package exports it by default.
+
+Attention reads as many cache positions as the mask has columns. In the preproc design that is
+the mask input's width, a shape: a caller that passes the filled columns only (pos + L) makes
+decode read no empty slot, and XNNPACK still runs the attention. The gather design's mask rows
+keep every column: cutting them at input_pos + L would make the width a value read from a tensor,
+which XNNPACK does not delegate.
 """
 
 from __future__ import annotations
@@ -45,7 +51,11 @@ class NarrowProgram(nn.Module):
 
 
 class PreprocProgram(nn.Module):
-    """forward(tokens (1, L), cos, sin (L, Dh/2), mask (L, Lm), input_pos (L,)): sliced by the caller."""
+    """forward(tokens (1, L), cos, sin (L, Dh/2), mask (L, W), input_pos (L,)): sliced by the caller.
+
+    Attention reads the first W cache positions, W the mask's width: pos + L when the caller
+    slices the filled columns only (`Preproc.window(..., filled_only=True)`), Lm when it slices all.
+    """
 
     def __init__(self, model: Transformer):
         super().__init__()
@@ -63,7 +73,10 @@ class PreprocProgram(nn.Module):
 
 
 class GatherProgram(nn.Module):
-    """forward(tokens (1, L), input_pos (1,)): gather the table rows at input_pos + arange(L)."""
+    """forward(tokens (1, L), input_pos (1,)): gather the table rows at input_pos + arange(L).
+
+    The mask rows keep all Lm columns, so attention reads the whole cache and masks the empty slots.
+    """
 
     def __init__(self, model: Transformer):
         super().__init__()
@@ -92,6 +105,9 @@ def program_and_inputs(
     tokens = torch.zeros(1, seq_len, dtype=torch.long)  # (1, L)
     length = Dim("seq_len", min=1, max=model.args.max_seq_len)
     if design == "preproc":
-        inputs = (tokens, *Preproc.for_model(model.args).window(0, seq_len))
-        return program, inputs, ({1: length}, {0: length}, {0: length}, {0: length}, {0: length})
+        # the example's mask is narrower than the cache, so export keeps its width a symbol
+        inputs = (tokens, *Preproc.for_model(model.args).window(1, seq_len, filled_only=True))
+        attended = Dim("attended", min=1, max=model.args.max_seq_len)
+        mask = {0: length, 1: attended}
+        return program, inputs, ({1: length}, {0: length}, {0: length}, mask, {0: length})
     return program, (tokens, torch.tensor([0])), ({1: length}, None)

@@ -6,11 +6,23 @@ import torch
 from torch import nn
 
 
+def filled_prefix(cache: torch.Tensor, dim: int, length: int | torch.SymInt) -> torch.Tensor:
+    """The first `length` positions of cache along dim, a copy.
+
+    slice_copy rather than the view cache[..., :length]: the view form makes torch.export guard
+    length != Lm (a slice of every position is the cache itself), which pins a symbolic length.
+    """
+    if isinstance(length, int) and length == cache.shape[dim]:
+        return cache  # every position: no copy
+    return torch.ops.aten.slice_copy.Tensor(cache, dim, 0, length)
+
+
 class KVCache(nn.Module):
     """Keys and values of one attention layer for every position of the context.
 
     The buffers never change shape, so an exported program can hold them as mutable state:
-    each call writes its new keys/values at `input_pos` and returns the whole cache.
+    each call writes its new keys/values at `input_pos` and returns the first `attended` positions
+    (the mask's width: the filled prefix pos + L, or the whole cache).
     """
 
     def __init__(self, batch_size: int, n_kv_heads: int, max_seq_len: int, head_dim: int):
@@ -20,12 +32,15 @@ class KVCache(nn.Module):
         self.register_buffer("v_cache", torch.zeros(shape), persistent=False)
 
     def update(
-        self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+        self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attended: int | torch.SymInt
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v (B, Nkv, L, Dh) at positions input_pos (L,); return the caches (B, Nkv, Lm, Dh)."""
+        """Write k, v (B, Nkv, L, Dh) at positions input_pos (L,); return the caches' first W positions.
+
+        W = attended, the mask's width: (B, Nkv, W, Dh), the whole cache when W is Lm.
+        """
         self.k_cache.index_copy_(2, input_pos, k)
         self.v_cache.index_copy_(2, input_pos, v)
-        return self.k_cache, self.v_cache
+        return filled_prefix(self.k_cache, 2, attended), filled_prefix(self.v_cache, 2, attended)
 
     def reset(self) -> None:
         self.k_cache.zero_()

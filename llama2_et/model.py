@@ -65,7 +65,8 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, L, Dh)
         if input_pos is not None:  # decided at trace time: cached or full-sequence program
-            k, v = self.kv_cache.update(input_pos, k, v)  # (B, Nkv, Lm, Dh)
+            # the positions the mask covers: the filled prefix pos + L, or all Lm
+            k, v = self.kv_cache.update(input_pos, k, v, mask.shape[-1])  # (B, Nkv, W, Dh)
         n_rep = self.n_heads // self.n_kv_heads
         k = k.repeat_interleave(n_rep, dim=1)  # (B, Nh, Lk, Dh)
         v = v.repeat_interleave(n_rep, dim=1)

@@ -49,17 +49,20 @@ class Preproc(nn.Module):
         return self.cos[:seq_len], self.sin[:seq_len], self.mask[:seq_len, :seq_len]
 
     def window(
-        self, start_pos: int, seq_len: int
+        self, start_pos: int, seq_len: int, filled_only: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """cos, sin (L, Dh/2), mask (L, Lm) and input_pos (L,) for positions start_pos..start_pos+L-1.
 
         The mask has a row per new token and a column per cache slot, so attention reads the
-        whole static cache and ignores slots that are not written yet.
+        whole static cache and ignores slots that are not written yet. filled_only=True keeps the
+        columns of the filled slots only, (L, start_pos + L): a program whose attention reads as
+        many slots as its mask has columns then reads no empty one.
         """
         self._check_window(start_pos, seq_len)
         end = start_pos + seq_len
         input_pos = torch.arange(start_pos, end, dtype=torch.long)
-        return self.cos[start_pos:end], self.sin[start_pos:end], self.mask[start_pos:end], input_pos
+        mask = self.mask[start_pos:end, :end].contiguous() if filled_only else self.mask[start_pos:end]
+        return self.cos[start_pos:end], self.sin[start_pos:end], mask, input_pos
 
     def _check_window(self, start_pos: int, seq_len: int) -> None:
         if seq_len < 1 or start_pos < 0 or start_pos + seq_len > self.max_seq_len:

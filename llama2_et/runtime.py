@@ -138,10 +138,8 @@ class PteDecoder:
         if self.preproc is None:
             inputs = [x, torch.tensor([start_pos], dtype=torch.long)]
         else:
-            inputs = [
-                x,
-                *self.preproc.window(start_pos, n),
-            ]  # cos, sin (L, Dh/2), mask (L, Lm), input_pos (L,)
+            # cos, sin (L, Dh/2), mask (L, pos + L): attention reads the filled cache only, input_pos (L,)
+            inputs = [x, *self.preproc.window(start_pos, n, filled_only=True)]
         try:
             logits = self.method.execute(inputs)[0]  # (1, V)
         except RuntimeError as exc:

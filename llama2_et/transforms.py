@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kv_cache import MatmulKVCache
+from .kv_cache import MatmulKVCache, filled_prefix
 from .model import Attention, RMSNorm, Transformer
 
 
@@ -68,7 +68,10 @@ class MatmulAttention(nn.Module):
     - Grouped-query attention without repeat_interleave: the query heads that share a key/value
       head are stacked as rows of one matmul against that head's cache (`MatmulKVCache`).
     - Views keep at most one -1 and no symbolic size, the form XNNPACK's reshape accepts.
-    The cache is written with index_copy_ (a portable kernel, in place): the only break per layer.
+    - Attention reads the first W cache positions, W the mask's width (pos + L for a filled-prefix
+      mask, Lm for a whole-cache one), so no empty slot is multiplied or softmaxed.
+    The cache is written with index_copy_ and its first W positions copied out with slice_copy
+    (portable kernels, side by side): the only break per layer.
     """
 
     def __init__(self, attn: Attention, max_seq_len: int):
@@ -103,10 +106,14 @@ class MatmulAttention(nn.Module):
         k = self.rope(self.wk(x), cos, sin, self.expand_k)  # (1, L, Nkv*Dh)
         v = self.wv(x)
         keys, values = self.kv_cache.update(input_pos, k.view(-1, nkv, dh), v.view(-1, nkv, dh))
-        max_seq_len = values.shape[1]
+        attended = mask.shape[-1]  # the mask's width: the filled prefix pos + L, or the whole cache
+        keys, values = (
+            filled_prefix(keys, 2, attended),
+            filled_prefix(values, 1, attended),
+        )  # (Nkv, Dh, W), (Nkv, W, Dh)
         q = q.view(-1, nkv, rep, dh).permute(1, 2, 0, 3).contiguous().view(nkv, -1, dh)  # (Nkv, rep*L, Dh)
-        scores = torch.bmm(q, keys).view(nkv, rep, -1, max_seq_len) + mask  # (Nkv, rep, L, Lm)
-        probs = torch.softmax(scores, dim=-1).view(nkv, -1, max_seq_len)  # (Nkv, rep*L, Lm)
+        rows = mask if rep == 1 else torch.cat([mask] * rep)  # (rep*L, W): row r*L + l is mask[l]
+        probs = torch.softmax(torch.bmm(q, keys) + rows, dim=-1)  # (Nkv, rep*L, W)
         out = torch.bmm(probs, values)  # (Nkv, rep*L, Dh)
         out = out.view(nkv, rep, -1, dh).permute(2, 0, 1, 3).contiguous().view(1, -1, nh * dh)  # (1, L, D)
         return self.wo(out)

@@ -1,7 +1,10 @@
 """designs.py: the three program designs compute the same logits as the eager model with preproc slicing.
 
-Reference: the eager Transformer fed by `Preproc.window` (checked against transformers' Llama in
-test_model.py). Run time: under a second.
+Reference: the eager Transformer fed by `Preproc.window` over the whole cache (checked against
+transformers' Llama in test_model.py), prefill then decode to the last position of the cache.
+The preproc design, fed filled-prefix masks, attends pos + L cache positions only; every backend's
+prepared model and the exported .pte must still agree with the reference.
+Run time: a few seconds, plus about a minute per exported program for the slow tests.
 """
 
 import pytest
@@ -10,33 +13,127 @@ import torch
 from llama2_et.config import ModelArgs
 from llama2_et.contract import DESIGNS, SIGNATURES
 from llama2_et.designs import PROGRAMS, program_and_inputs
+from llama2_et.export import export_pte, prepare_for_export
+from llama2_et.generate import EagerDecoder, Sampler, generate
 from llama2_et.model import Transformer
 from llama2_et.preproc import Preproc
+from llama2_et.runtime import PteDecoder
 
 GQA = ModelArgs(dim=64, n_layers=2, n_heads=8, n_kv_heads=4, vocab_size=97, max_seq_len=32)
+PROMPT = [1, 40, 7, 33, 90, 12, 5, 61, 8]
+
+
+def random_model(args: ModelArgs = GQA) -> Transformer:
+    torch.manual_seed(0)
+    return Transformer(args).eval().setup_kv_cache()
+
+
+def eager_logits(model: Transformer, prompt: list[int]) -> tuple[list[int], list[torch.Tensor]]:
+    """Greedy tokens that fill the cache, and eager's logits of the prefill and of a step at every position after."""
+    decoder = EagerDecoder(model)
+    tokens = list(generate(decoder, prompt, model.args.max_seq_len - len(prompt), Sampler(), stop_ids=()))
+    decoder.reset()
+    return tokens, replayed(decoder.step, prompt, tokens)
+
+
+def inputs_at(design: str, pre: Preproc, tokens: list[int], start: int, filled_only: bool = True) -> tuple:
+    """A design's forward inputs for tokens at positions start..: the preproc design's mask as asked."""
+    x = torch.tensor([tokens])  # (1, L)
+    if design == "preproc":
+        return (x, *pre.window(start, len(tokens), filled_only=filled_only))
+    return (x, torch.tensor([start]))
+
+
+def replayed(step, prompt: list[int], tokens: list[int]) -> list[torch.Tensor]:
+    """Logits (V,) of step(ids, start) for the prompt, then for each given token in turn."""
+    logits = [step(prompt, 0)]
+    for i, token in enumerate(tokens):
+        logits.append(step([token], len(prompt) + i))
+    return logits
 
 
 @pytest.mark.parametrize("design", DESIGNS)
-def test_design_equals_eager_with_preproc_slicing(design):
-    torch.manual_seed(0)
-    model = Transformer(GQA).eval().setup_kv_cache()
+@pytest.mark.parametrize("backend", ["portable", "xnnpack"])
+def test_design_equals_eager_to_the_last_cache_position(design, backend):
+    reference = random_model()
+    tokens, expected = eager_logits(reference, PROMPT)
+    prepared = prepare_for_export(reference, backend)
+    program, example, _ = program_and_inputs(prepared, design)
+    assert len(example) == len(SIGNATURES[design].names)
     pre = Preproc.for_model(GQA)
-    tokens = torch.randint(0, GQA.vocab_size, (1, 9))
     with torch.no_grad():
-        expected = [model.last_logits(tokens[:, :6], *pre.window(0, 6))]
-        expected.append(model.last_logits(tokens[:, 6:9], *pre.window(6, 3)))
-        model.reset_kv_cache()
-        program, example, _ = program_and_inputs(model, design)
-        assert len(example) == len(SIGNATURES[design].names)
-        if design == "preproc":
-            got = [program(tokens[:, :6], *pre.window(0, 6)), program(tokens[:, 6:9], *pre.window(6, 3))]
-        else:
-            got = [program(tokens[:, :6], torch.tensor([0])), program(tokens[:, 6:9], torch.tensor([6]))]
+        got = replayed(lambda ids, start: program(*inputs_at(design, pre, ids, start))[0], PROMPT, tokens)
+    assert len(got) == len(expected) == GQA.max_seq_len - len(PROMPT) + 1  # the last step at position Lm - 1
     for g, e in zip(got, expected, strict=True):
-        assert torch.equal(g, e)
+        torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
+
+
+def test_preproc_design_accepts_the_whole_cache_mask_too():
+    """A caller that slices the mask over every cache slot (L, Lm) gets the same logits."""
+    model = prepare_for_export(random_model(), "xnnpack")
+    program, _, _ = program_and_inputs(model, "preproc")
+    pre = Preproc.for_model(GQA)
+    with torch.no_grad():
+        narrow = [program(*inputs_at("preproc", pre, PROMPT, 0)), program(*inputs_at("preproc", pre, [3], 9))]
+        model.reset_kv_cache()
+        full = [
+            program(*inputs_at("preproc", pre, PROMPT, 0, filled_only=False)),
+            program(*inputs_at("preproc", pre, [3], 9, filled_only=False)),
+        ]
+    for n, f in zip(narrow, full, strict=True):
+        torch.testing.assert_close(n, f, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_reads_as_many_cache_positions_as_the_mask_has_columns():
+    """Decode with a filled-prefix mask reads pos + L cache positions; a whole-cache mask reads Lm."""
+    model = random_model()
+    cache = model.layers[0].attention.kv_cache
+    k = v = torch.zeros(1, GQA.n_kv_heads, 1, GQA.head_dim)
+    keys, values = cache.update(torch.tensor([9]), k, v, 10)
+    assert keys.shape[2] == values.shape[2] == 10
+    assert cache.update(torch.tensor([9]), k, v, GQA.max_seq_len)[0] is cache.k_cache  # no copy
 
 
 def test_every_design_has_one_program_class():
     assert set(PROGRAMS) == set(DESIGNS)
     with pytest.raises(ValueError, match="unknown design 'fused'; choose one of narrow, preproc, gather"):
         program_and_inputs(Transformer(GQA), "fused")
+
+
+def pte_step(decoder: PteDecoder, design: str, pre: Preproc):
+    """A step of the .pte through its method, the preproc design fed filled-prefix masks."""
+
+    def step(ids: list[int], start: int) -> torch.Tensor:
+        if design != "preproc":
+            return decoder.step(ids, start)
+        return decoder.method.execute(list(inputs_at(design, pre, ids, start)))[0].reshape(-1)
+
+    return step
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("design", ["gather", "preproc"])
+@pytest.mark.parametrize("backend", ["portable", "xnnpack"])
+def test_exported_program_equals_eager_to_the_last_cache_position(design, backend, tmp_path):
+    model = random_model()
+    tokens, expected = eager_logits(model, PROMPT)
+    decoder = PteDecoder(export_pte(model, tmp_path / "m.pte", design=design, backend=backend).path)
+    decoder.reset()
+    got = replayed(pte_step(decoder, design, Preproc.for_model(GQA)), PROMPT, tokens)
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_long_context_program_runs_to_its_last_position(tmp_path):
+    """A 1024-position gather .pte on XNNPACK: a 480-token prompt, then decode to position 1023."""
+    args = GQA.replace(max_seq_len=1024, vocab_size=64)
+    model = random_model(args)
+    prompt = [1] + [(7 * i) % 60 + 3 for i in range(479)]
+    tokens, expected = eager_logits(model, prompt)
+    decoder = PteDecoder(export_pte(model, tmp_path / "long.pte").path)
+    got = replayed(decoder.step, prompt, tokens)
+    assert decoder.cached == args.max_seq_len
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)

@@ -35,7 +35,8 @@ constexpr const char* kRopeTheta = "get_rope_theta";
 // positions (the "narrow" and "gather" designs): tokens (1, L), input_pos (1,).
 constexpr const char* kPositionsNames[] = {"tokens", "input_pos"};
 constexpr const char* kPositionsDtypes[] = {"int64", "int64"};
-// preproc: tokens (1, L), cos (L, Dh/2), sin (L, Dh/2), mask (L, Lm), input_pos (L,).
+// preproc: tokens (1, L), cos (L, Dh/2), sin (L, Dh/2), mask (L, W), input_pos (L,), with
+// pos + L <= W <= Lm: attention reads the first W cache positions, so W = pos + L skips the empty ones.
 constexpr const char* kPreprocNames[] = {"tokens", "cos", "sin", "mask", "input_pos"};
 constexpr const char* kPreprocDtypes[] = {"int64", "float32", "float32", "float32", "int64"};
 
