@@ -172,8 +172,8 @@ def run_bench(
     """Bench the named models side by side, print their tables and ratios, write JSON to `out`.
 
     With `work_dir` the exported programs are kept there, and programs already there are reused.
-    `threads` sets PyTorch's and ExecuTorch's thread pools in the workers (default: as installed;
-    the C++ runner keeps its own). `bandwidth_buffer` is the bytes summed to measure read bandwidth:
+    `threads` sets PyTorch's and ExecuTorch's thread pools in the workers and the C++ runner's
+    (default: PyTorch's as installed). `bandwidth_buffer` is the bytes summed to measure read bandwidth:
     far more than the last-level cache.
     """
     from tqdm import tqdm

@@ -9,7 +9,6 @@ A timed run is a warm-up, then `repeats` runs of a fixed prefill and N greedy to
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -166,25 +165,30 @@ def measure_runtime(spec: dict, reference: dict) -> dict:
     return result
 
 
+PEAK_RSS_LINE = re.compile(r"^peak_rss_kib (\d+)$", re.MULTILINE)
 SPEED_LINE = re.compile(r"^(prefill|decode): (\d+) tokens in [\d.]+ ms, ([\d.]+) tok/s", re.MULTILINE)
 
 
 def run_cpp(spec: dict, program: str) -> tuple[float, float, list[int], int]:
-    """One run of the C++ runner: prefill tok/s, decode tok/s (from stderr), the token ids, peak RSS KiB."""
+    """One run of the C++ runner: prefill tok/s, decode tok/s, the token ids, peak RSS KiB (all it prints).
+
+    Its thread pool gets the spec's size, as the Python runtimes' do. Peak RSS is the runner's own
+    report (the kernel's VmHWM): wait4's ru_maxrss would be the Python parent's after a vfork.
+    """
     command = [spec["cpp_binary"], "--model", program, "--tokenizer", spec["tokenizer_bin"]]
     command += ["--prompt", spec["prompt"], "--steps", str(spec["new_tokens"]), "--temperature", "0"]
     command += ["--print-tokens", "--warmup"]  # timed warm, as TextLLMRunner is after its warm-up run
+    command += ["--threads", str(spec["threads"])]
     with tempfile.TemporaryDirectory() as tmp:
         stdout_path, stderr_path = Path(tmp) / "stdout", Path(tmp) / "stderr"
         with open(stdout_path, "w") as out, open(stderr_path, "w") as err:
-            proc = subprocess.Popen(command, stdout=out, stderr=err)
-            _, status, usage = os.wait4(proc.pid, 0)
+            returncode = subprocess.run(command, stdout=out, stderr=err).returncode
         stderr = stderr_path.read_text()
-        if os.waitstatus_to_exitcode(status) != 0:
+        if returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed:\n{stderr[-2000:]}")
         speeds = {phase: float(tps) for phase, _, tps in SPEED_LINE.findall(stderr)}
         ids = [int(x) for x in stdout_path.read_text().split()]
-    return speeds["prefill"], speeds["decode"], ids, usage.ru_maxrss  # Linux: ru_maxrss in KiB
+    return speeds["prefill"], speeds["decode"], ids, int(PEAK_RSS_LINE.search(stderr).group(1))
 
 
 def measure_cpp(spec: dict, reference: dict) -> dict:
@@ -215,7 +219,7 @@ def measure(spec: dict) -> dict:
 
         torch.set_num_threads(spec["threads"])
         return read_bandwidth(spec["buffer_bytes"], spec["passes"])
-    if kind == "cpp":  # the C++ runner sizes its own thread pool
+    if kind == "cpp":  # a process of its own, given the thread count by --threads
         return measure_cpp(spec, torch.load(spec["reference"]))
     set_threads(spec["threads"], executorch=kind not in ("eager", "eager-nocache"))
     if kind == "pair":

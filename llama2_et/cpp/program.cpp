@@ -202,7 +202,7 @@ void Program::make_inputs() {
     mask_data_.resize(max_seq_len_ * max_seq_len_);
     tensors_.push_back(from_blob(cos_data_.data(), {capacity, half}, ScalarType::Float));  // (L, Dh/2)
     tensors_.push_back(from_blob(sin_data_.data(), {capacity, half}, ScalarType::Float));
-    tensors_.push_back(from_blob(mask_data_.data(), {capacity, capacity}, ScalarType::Float));  // (L, Lm)
+    tensors_.push_back(from_blob(mask_data_.data(), {capacity, capacity}, ScalarType::Float));  // (L, W <= Lm)
     tensors_.push_back(from_blob(position_data_.data(), {capacity}, ScalarType::Long));  // (L,)
   }
   inputs_.assign(tensors_.begin(), tensors_.end());  // views: the tensors and their buffers stay put
@@ -210,12 +210,10 @@ void Program::make_inputs() {
 }
 
 void Program::resize_inputs(int32_t seq_len) {
-  const auto capacity = static_cast<SizesType>(max_seq_len_);
   const auto half = static_cast<SizesType>(inv_freq_.size());
   Error error = resize_tensor_ptr(tensors_[0], {1, seq_len});
   if (design_ == Design::kPreproc) {
     for (size_t i : {1, 2}) error = error == Error::Ok ? resize_tensor_ptr(tensors_[i], {seq_len, half}) : error;
-    if (error == Error::Ok) error = resize_tensor_ptr(tensors_[3], {seq_len, capacity});
     if (error == Error::Ok) error = resize_tensor_ptr(tensors_[4], {seq_len});
   }
   if (error != Error::Ok) throw std::runtime_error(describe("cannot resize the inputs of " + path_, error));
@@ -236,6 +234,10 @@ Span<const float> Program::forward(const std::vector<int64_t>& tokens, int64_t s
   } else {
     const size_t half = inv_freq_.size();
     const float neg_inf = -std::numeric_limits<float>::infinity();
+    // (L, pos + L): the mask's width is the cache positions attention reads, the filled ones only
+    const int64_t width = start_pos + seq_len;
+    const Error error = resize_tensor_ptr(tensors_[3], {seq_len, static_cast<SizesType>(width)});
+    if (error != Error::Ok) throw std::runtime_error(describe("cannot resize the mask of " + path_, error));
     for (int64_t row = 0; row < seq_len; ++row) {
       const int64_t pos = start_pos + row;
       position_data_[row] = pos;
@@ -244,8 +246,8 @@ Span<const float> Program::forward(const std::vector<int64_t>& tokens, int64_t s
         cos_data_[row * half + i] = std::cos(angle);
         sin_data_[row * half + i] = std::sin(angle);
       }
-      float* mask_row = mask_data_.data() + row * max_seq_len_;
-      for (int64_t key = 0; key < max_seq_len_; ++key) mask_row[key] = key <= pos ? 0.0f : neg_inf;
+      float* mask_row = mask_data_.data() + row * width;
+      for (int64_t key = 0; key < width; ++key) mask_row[key] = key <= pos ? 0.0f : neg_inf;
     }
   }
   const auto outputs = module_.forward(inputs_);
