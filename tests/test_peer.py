@@ -31,8 +31,19 @@ def eager_text(stories260k, tok512) -> str:
 
 
 @pytest.fixture(scope="module")
-def peer_pte(stories260k, tmp_path_factory):
+def peer_export(stories260k, tmp_path_factory):
     return export_peer(stories260k, tmp_path_factory.mktemp("peer") / "stories260K_peer.pte")
+
+
+@pytest.fixture(scope="module")
+def peer_pte(peer_export):
+    return peer_export.path
+
+
+def test_export_peer_reports_its_options_and_time(peer_export):
+    assert peer_export.path.is_file() and peer_export.seconds > 0
+    assert "model.dtype_override=fp32" in peer_export.overrides
+    assert not any(option.startswith("quantization.") for option in peer_export.overrides)
 
 
 def test_peer_logits_equal_our_eager_model(peer_pte, stories260k, tok512):
@@ -90,3 +101,11 @@ def test_export_peer_rejects_bad_arguments(stories260k, tmp_path):
         export_peer(stories260k, tmp_path / "peer.bin")
     with pytest.raises(ValueError, match="max_seq_len=1024"):
         export_peer(stories260k, tmp_path / "peer.pte", max_seq_len=1024)
+    with pytest.raises(ValueError, match="Got qmode 8da3w, but expected one of"):
+        export_peer(stories260k, tmp_path / "peer.pte", qmode="8da3w")
+    with pytest.raises(ValueError, match="group_size=32 given without a qmode"):
+        export_peer(stories260k, tmp_path / "peer.pte", group_size=32)
+    for bad in ("4", "3,32", "4,x"):
+        with pytest.raises(ValueError, match=f"embedding_quantize='{bad}' must be '<bits>,<group size>'"):
+            export_peer(stories260k, tmp_path / "peer.pte", embedding_quantize=bad)
+    assert not (tmp_path / "peer.pte").exists()
