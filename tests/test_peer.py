@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from llama2_et.__main__ import main
-from llama2_et.generate import EagerDecoder, Sampler, generate_text
+from llama2_et.generate import EagerDecoder, Sampler, generate_text, teacher_forced
 from llama2_et.peer import TextRunner, export_peer
 from llama2_et.runtime import PteDecoder, register_llm_custom_ops
 
@@ -109,3 +109,35 @@ def test_export_peer_rejects_bad_arguments(stories260k, tmp_path):
         with pytest.raises(ValueError, match=f"embedding_quantize='{bad}' must be '<bits>,<group size>'"):
             export_peer(stories260k, tmp_path / "peer.pte", embedding_quantize=bad)
     assert not (tmp_path / "peer.pte").exists()
+
+
+@pytest.fixture(scope="module")
+def peer_8da4w(stories260k, tmp_path_factory):
+    """export_llm's 8da4w (int4 weights in groups of 32, 8-bit dynamic activations) of stories260K."""
+    path = tmp_path_factory.mktemp("peer_8da4w") / "stories260K_8da4w.pte"
+    return export_peer(stories260k, path, max_seq_len=CONTEXT, qmode="8da4w", group_size=32)
+
+
+CONTEXT = 128  # the quantized program's context: room for the teacher-forced steps and 300 tokens in windows
+
+
+def test_peer_8da4w_runs_in_our_runtime_near_eager(peer_8da4w, stories260k, tok512):
+    """Its logits move off fp32 eager's (it is quantized) by under 10% of their range; perplexity within 5%."""
+    from llama2_et.model import Transformer
+    from llama2_et.quality import held_out_tokens, perplexity
+
+    assert {"quantization.qmode=8da4w", "quantization.group_size=32"} <= set(peer_8da4w.overrides)
+    eager_model = Transformer(stories260k.args.replace(max_seq_len=CONTEXT)).eval()
+    eager_model.load_state_dict(stories260k.state_dict())
+    ids, forced = tok512.encode(PROMPT, bos=True), tok512.encode(" there was a little girl named Lily")
+    expected = teacher_forced(EagerDecoder(eager_model), ids, forced)
+    got = teacher_forced(PteDecoder(peer_8da4w.path), ids, forced)
+    error = max((g - e).abs().max().item() for g, e in zip(got, expected, strict=True))
+    spread = max((e.max() - e.min()).item() for e in expected)
+    assert 1e-3 < error < 0.1 * spread
+    tokens = held_out_tokens(tok512, 300)
+    eager, quantized = (
+        perplexity(EagerDecoder(eager_model), tokens),
+        perplexity(PteDecoder(peer_8da4w.path), tokens),
+    )
+    assert quantized == pytest.approx(eager, rel=0.05)
