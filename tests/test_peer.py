@@ -122,23 +122,27 @@ CONTEXT = 128  # the quantized program's context: room for the teacher-forced st
 
 
 def test_peer_8da4w_runs_in_our_runtime_near_eager(peer_8da4w, stories260k, tok512):
-    """Its logits move off fp32 eager's (it is quantized) by under 10% of their range; perplexity within 25%.
+    """As far from fp32 eager as torchao's 8da4w eager model is (within 1.5x); perplexity within 25%.
 
-    int4 weights cost a model this small real quality: our own 8da4w program of stories260K scores
-    a perplexity 12% above fp32 eager's on held-out text (1,024 tokens), hence the 25% bound.
+    int4 weights cost a model this small real quality: torchao's 8da4w of stories260K (the one our
+    export uses) scores a perplexity 11% above fp32 eager's on held-out text, hence the 25% bound.
     """
+    from llama2_et.export import prepare_for_export, quantize
     from llama2_et.model import Transformer
     from llama2_et.quality import held_out_tokens, perplexity
 
     assert {"quantization.qmode=8da4w", "quantization.group_size=32"} <= set(peer_8da4w.overrides)
     eager_model = Transformer(stories260k.args.replace(max_seq_len=CONTEXT)).eval()
     eager_model.load_state_dict(stories260k.state_dict())
+    torchao_model = prepare_for_export(stories260k, "xnnpack", CONTEXT)
+    quantize(torchao_model, "8da4w", 32)
     ids, forced = tok512.encode(PROMPT, bos=True), tok512.encode(" there was a little girl named Lily")
     expected = teacher_forced(EagerDecoder(eager_model), ids, forced)
     got = teacher_forced(PteDecoder(peer_8da4w.path), ids, forced)
+    torchao = teacher_forced(EagerDecoder(torchao_model), ids, forced)
     error = max((g - e).abs().max().item() for g, e in zip(got, expected, strict=True))
-    spread = max((e.max() - e.min()).item() for e in expected)
-    assert 1e-3 < error < 0.1 * spread
+    torchao_error = max((t - e).abs().max().item() for t, e in zip(torchao, expected, strict=True))
+    assert 1e-3 < error < 1.5 * torchao_error
     tokens = held_out_tokens(tok512, 300)
     eager, quantized = (
         perplexity(EagerDecoder(eager_model), tokens),
