@@ -87,14 +87,19 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=seed, default=None, help="0..2**64-1 (default: a random seed)")
 
 
-def stream(decoder, args: argparse.Namespace) -> None:
-    """Generate with the sampling args and stream the text (prompt included) to stdout."""
-    tokenizer = Tokenizer(assets.resolve_tokenizer(args.tokenizer, "model"))
+def check_same_vocab(tokenizer: Tokenizer, decoder) -> None:
+    """Raise a ValueError when the tokenizer's vocabulary is not the model's."""
     if tokenizer.vocab_size != decoder.vocab_size:
         raise ValueError(
             f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} tokens but the model has "
             f"{decoder.vocab_size}; use the tokenizer the model was trained with"
         )
+
+
+def stream(decoder, args: argparse.Namespace) -> None:
+    """Generate with the sampling args and stream the text (prompt included) to stdout."""
+    tokenizer = Tokenizer(assets.resolve_tokenizer(args.tokenizer, "model"))
+    check_same_vocab(tokenizer, decoder)
     sampler = Sampler(args.temperature, args.top_k, args.top_p, args.seed)
     for piece in generate_text(decoder, tokenizer, args.prompt, args.max_new_tokens, sampler):
         print(piece, end="", flush=True)
@@ -166,8 +171,31 @@ def cmd_export(args: argparse.Namespace) -> None:
         quantize_scheme=args.quantize,
         max_seq_len=args.max_seq_len,
         group_size=args.group_size,
+        quantize_embedding=args.quantize_embedding,
+        embedding_group_size=args.embedding_group_size,
     )
     print(report.summary())
+
+
+def cmd_perplexity(args: argparse.Namespace) -> None:
+    from .quality import held_out_tokens, perplexity
+
+    if args.pte:
+        from .runtime import PteDecoder
+
+        decoder, source = PteDecoder(args.pte), args.pte
+    else:
+        decoder, source = (
+            EagerDecoder(load_checkpoint(assets.resolve_checkpoint(args.checkpoint))),
+            args.checkpoint,
+        )
+    tokenizer = Tokenizer(assets.resolve_tokenizer(args.tokenizer, "model"))
+    check_same_vocab(tokenizer, decoder)
+    value = perplexity(decoder, held_out_tokens(tokenizer, args.tokens))
+    print(
+        f"perplexity {value:.4f} of {source} on {args.tokens:,} held-out tokens "
+        f"(context {decoder.max_seq_len}, vocabulary {decoder.vocab_size})"
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -253,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     # --- export ---
     from .backends import BACKENDS
     from .contract import DEFAULT_DESIGN, DESIGNS
-    from .export import QUANTIZATIONS
+    from .export import EMBEDDING_BITS, QUANTIZATIONS
 
     p = sub.add_parser("export", help="export a checkpoint to an ExecuTorch .pte (XNNPACK or portable)")
     p.add_argument("--checkpoint", required=True, help="checkpoint path or preset name (stories260K)")
@@ -273,7 +301,36 @@ def build_parser() -> argparse.ArgumentParser:
         "preproc: (tokens, cos, sin, mask, input_pos)",
     )
     p.add_argument("--group-size", type=positive_int, default=32, help="8da4w: inputs per int4 weight group")
+    p.add_argument(
+        "--quantize-embedding",
+        type=int,
+        choices=EMBEDDING_BITS,
+        default=None,
+        help="store the token table in 4 or 8 bits per weight (weight-only; default: fp32)",
+    )
+    p.add_argument(
+        "--embedding-group-size",
+        type=positive_int,
+        default=None,
+        help="--quantize-embedding: table values per scale, a divisor of dim (default: one scale per row)",
+    )
     p.set_defaults(func=cmd_export)
+
+    # --- perplexity ---
+    p = sub.add_parser(
+        "perplexity",
+        help="perplexity of a checkpoint (eager) or a .pte on held-out TinyStories text",
+        description="The held-out text is the validation split `train` makes of its stories (the local "
+        "sample where LLAMA2_ET_DATA holds it). Text longer than the context is cut into windows.",
+    )
+    model_source = p.add_mutually_exclusive_group(required=True)
+    model_source.add_argument("--checkpoint", help="checkpoint path or preset name (eager PyTorch)")
+    model_source.add_argument("--pte", help="a .pte (Python ExecuTorch runtime)")
+    p.add_argument(
+        "--tokenizer", required=True, help="sentencepiece .model path or a name (stories260K, llama2)"
+    )
+    p.add_argument("--tokens", type=positive_int, default=2048, help="held-out tokens scored (default 2048)")
+    p.set_defaults(func=cmd_perplexity)
 
     # --- run ---
     p = sub.add_parser("run", help="generate text with an exported .pte (Python ExecuTorch runtime)")

@@ -3,7 +3,8 @@
 `export_pte` is the whole pipeline in one function:
 1. `prepare_for_export`: a batch-1 copy of the model with its KV cache at the export's context,
    and the backend's source transformations applied (backends.py, transforms.py);
-2. optional quantization of the linears (torchao);
+2. optional quantization of the linears (torchao) and of the token embedding (weight-only, read by
+   ExecuTorch's quantized_decomposed embedding kernels);
 3. torch.export of a program design (designs.py; "gather" by default) with one `Dim` for the token
    count, so one program serves prefill and decode, the KV cache held as mutable buffers;
 4. `to_edge_transform_and_lower` with the backend's partitioners, and the metadata methods of
@@ -28,6 +29,7 @@ from .files import atomic_write_bytes, check_output_path
 from .model import Transformer
 
 QUANTIZATIONS = ("none", "8da8w", "8da4w")
+EMBEDDING_BITS = (4, 8)
 
 
 def prepare_for_export(
@@ -84,6 +86,69 @@ def quantize(model: nn.Module, scheme: str, group_size: int = 32) -> int:
     return count
 
 
+class QuantizedEmbedding(nn.Module):
+    """A token table stored as int8 (8-bit) or two int4 per byte (4-bit), one fp32 scale per group.
+
+    Weight-only and symmetric (zero point 0): row t of the table is q[t] * scale[t, group], computed
+    by ExecuTorch's kernels quantized_decomposed::embedding_byte / embedding_4bit, the ops
+    ExecuTorch's LLM export uses for `quantization.embedding_quantize`. The values come from
+    torchao's IntxWeightOnlyConfig; the 4-bit packing is the kernels': q + 8 in a nibble, the
+    even column in the high one.
+    """
+
+    def __init__(self, weight: torch.Tensor, bits: int, group_size: int):
+        super().__init__()
+        import executorch.exir  # noqa: F401  (defines the quantized_decomposed embedding ops in torch)
+        from torchao.quantization import IntxWeightOnlyConfig, quantize_
+        from torchao.quantization.granularity import PerGroup
+
+        vocab_size, dim = weight.shape
+        table = nn.Embedding.from_pretrained(weight.detach().clone())
+        config = IntxWeightOnlyConfig(
+            weight_dtype=getattr(torch, f"int{bits}"), granularity=PerGroup(group_size)
+        )
+        quantize_(table, config, filter_fn=lambda module, name: isinstance(module, nn.Embedding))
+        q, scales = table.weight.qdata, table.weight.scale  # (V, D) int8 in the bits' range, (V, D / group)
+        if bits == 4:
+            nibbles = (q + 8).to(torch.uint8).view(vocab_size, dim // 2, 2)
+            q = nibbles[..., 0] * 16 + nibbles[..., 1]  # (V, D / 2)
+        self.bits, self.group_size = bits, group_size
+        self.register_buffer("weight", q)
+        self.register_buffer("scales", scales.float())
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, L) -> embeddings (B, L, D), fp32."""
+        op = torch.ops.quantized_decomposed
+        if self.bits == 8:
+            return op.embedding_byte(self.weight, self.scales, None, -128, 127, tokens)
+        return op.embedding_4bit(self.weight, self.scales, None, -8, 7, tokens)
+
+
+def quantize_embedding_table(model: Transformer, bits: int | None, group_size: int | None = None) -> None:
+    """Replace the token embedding by a QuantizedEmbedding of `bits` (4 or 8; None: leave it fp32).
+
+    group_size: embedding values per scale, a divisor of the model's dim (None: one scale per row).
+    A tied classifier (llama2.c's shared weights) keeps its own fp32 reference to the table, so the
+    output head is untouched (or quantized as a linear by `quantize`).
+    """
+    if bits is None:
+        if group_size is not None:
+            raise ValueError(
+                f"embedding_group_size={group_size} given without quantize_embedding; pass 4 or 8 bits too"
+            )
+        return
+    if bits not in EMBEDDING_BITS:
+        raise ValueError(f"quantize_embedding must be 4 or 8 (bits per weight), got {bits!r}")
+    dim = model.args.dim
+    group = dim if group_size is None else group_size
+    if not (isinstance(group, int) and group >= 1 and dim % group == 0):
+        raise ValueError(
+            f"embedding_group_size={group_size} must be a positive divisor of the model's dim {dim} "
+            "(or None: one scale per row)"
+        )
+    model.tok_embeddings = QuantizedEmbedding(model.tok_embeddings.weight, bits, group)
+
+
 @dataclass
 class ExportReport:
     """What one export produced and how: the numbers a reader compares between backends."""
@@ -100,6 +165,8 @@ class ExportReport:
     portable_nodes: int  # edge ops left to ExecuTorch's portable kernels
     portable_ops: dict[str, int] = field(default_factory=dict)  # op name -> count, for the portable ones
     quantized_linears: int = 0
+    quantize_embedding: int | None = None  # bits of the token table (None: fp32)
+    embedding_group_size: int | None = None  # table values per scale (None: one per row)
 
     def summary(self) -> str:
         """One line per fact, for the command line."""
@@ -108,11 +175,18 @@ class ExportReport:
             [
                 f"wrote {self.path} ({self.pte_bytes / 2**20:.2f} MiB) in {self.seconds:.1f} s",
                 f"design {self.design}, backend {self.backend}, quantize {self.quantize}, "
-                f"max_seq_len {self.max_seq_len}, quantized linears {self.quantized_linears}",
+                f"max_seq_len {self.max_seq_len}, quantized linears {self.quantized_linears}, "
+                f"embedding {self._embedding()}",
                 f"delegated: {self.delegated_nodes} ops in {self.delegate_calls} calls; "
                 f"portable: {self.portable_nodes} ops ({ops})",
             ]
         )
+
+    def _embedding(self) -> str:
+        if self.quantize_embedding is None:
+            return "fp32"
+        group = "per row" if self.embedding_group_size is None else f"groups of {self.embedding_group_size}"
+        return f"{self.quantize_embedding}-bit ({group})"
 
 
 def _portable_ops(graph_module: torch.fx.GraphModule) -> Counter:
@@ -135,8 +209,14 @@ def export_pte(
     group_size: int = 32,
     bos_id: int = contract.BOS_ID,
     eos_ids: tuple[int, ...] = contract.STOP_IDS,
+    quantize_embedding: int | None = None,
+    embedding_group_size: int | None = None,
 ) -> ExportReport:
-    """Export model to a .pte file and report what was delegated, the size and the time taken."""
+    """Export model to a .pte file and report what was delegated, the size and the time taken.
+
+    quantize_embedding: 4 or 8 to store the token table weight-only quantized (see
+    `quantize_embedding_table`), in groups of embedding_group_size values (None: one scale per row).
+    """
     from executorch.devtools.backend_debug import get_delegation_info
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
@@ -146,6 +226,7 @@ def export_pte(
     out_path = check_output_path(out_path, ".pte")  # before the minutes an export takes
     started = time.perf_counter()
     prepared = prepare_for_export(model, backend, max_seq_len)
+    quantize_embedding_table(prepared, quantize_embedding, embedding_group_size)
     quantized = quantize(prepared, quantize_scheme, group_size)
     program, inputs, dynamic_shapes = program_and_inputs(prepared, design)
     with torch.no_grad():
@@ -178,4 +259,6 @@ def export_pte(
         portable_nodes=sum(portable.values()),
         portable_ops=dict(portable),
         quantized_linears=quantized,
+        quantize_embedding=quantize_embedding,
+        embedding_group_size=embedding_group_size,
     )

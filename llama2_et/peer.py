@@ -25,6 +25,15 @@ from .runtime import register_llm_custom_ops
 EXPORT_LLM = "executorch.extension.llm.export.export_llm"
 
 
+@dataclass
+class PeerExport:
+    """What one export_llm run wrote, with which options, in how long."""
+
+    path: Path
+    seconds: float  # wall time of the export_llm process (Python start-up included)
+    overrides: list[str]  # export_llm's options, as passed on its command line
+
+
 def export_peer(
     model: Transformer,
     out_path: str | Path,
@@ -32,12 +41,16 @@ def export_peer(
     bos_id: int = BOS_ID,
     eos_ids: tuple[int, ...] = STOP_IDS,
     xnnpack: bool = True,
-) -> Path:
-    """Write `model` as a .pte made by ExecuTorch's export_llm (KV cache, custom SDPA, fp32).
+    qmode: str | None = None,
+    group_size: int | None = None,
+    embedding_quantize: str | None = None,
+) -> PeerExport:
+    """Write `model` as a .pte made by ExecuTorch's export_llm (KV cache, custom SDPA, fp32 unless told).
 
     The checkpoint goes through Meta's format (consolidated.00.pth + params.json), the input
     export_llm reads. `eos_ids` defaults to llama2.c's stop rule (BOS or EOS ends a story), so
-    TextLLMRunner stops where our `generate` stops.
+    TextLLMRunner stops where our `generate` stops. qmode, group_size and embedding_quantize are
+    export_llm's `quantization.*` options (e.g. "8da4w", 32, "4,32"; see its LlmConfig).
     """
     out_path = Path(out_path).resolve()
     if out_path.suffix != ".pte":
@@ -47,7 +60,9 @@ def export_peer(
         raise ValueError(
             f"max_seq_len={max_seq_len} must be in 2..{model.args.max_seq_len} (the model's context)"
         )
+    quantization = quantization_overrides(qmode, group_size, embedding_quantize)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="export_llm_") as work:
         meta = save_meta(model, Path(work) / "meta")
         params_file = meta / "params.json"
@@ -55,11 +70,8 @@ def export_peer(
         params.pop("max_seq_len", None)  # export_llm passes its own max_seq_len: a second one is a TypeError
         params_file.write_text(json.dumps(params))
         metadata = json.dumps({"get_bos_id": bos_id, "get_eos_ids": list(eos_ids)})
-        overrides = [
+        options = [
             "base.model_class=llama2",
-            f"base.checkpoint={meta / 'consolidated.00.pth'}",
-            f"base.params={params_file}",
-            f"base.metadata='{metadata}'",
             "model.use_kv_cache=True",
             "model.use_sdpa_with_kv_cache=True",
             "model.enable_dynamic_shape=True",
@@ -67,16 +79,50 @@ def export_peer(
             f"backend.xnnpack.enabled={xnnpack}",
             f"export.max_seq_length={max_seq_len}",
             f"export.max_context_length={max_seq_len}",
+            *quantization,
+        ]
+        paths = [
+            f"base.checkpoint={meta / 'consolidated.00.pth'}",
+            f"base.params={params_file}",
+            f"base.metadata='{metadata}'",
             f"export.output_name={out_path}",  # a name ending in .pte is used as the path verbatim
             f"hydra.run.dir={work}/hydra",  # hydra writes its logs there, not into the caller's folder
         ]
         proc = subprocess.run(
-            [sys.executable, "-m", EXPORT_LLM, *overrides], cwd=work, capture_output=True, text=True
+            [sys.executable, "-m", EXPORT_LLM, *options, *paths], cwd=work, capture_output=True, text=True
         )
+    seconds = time.perf_counter() - started
     if proc.returncode != 0 or not out_path.is_file():
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-20:])
         raise RuntimeError(f"{EXPORT_LLM} failed (exit {proc.returncode}) writing {out_path}:\n{tail}")
-    return out_path
+    return PeerExport(out_path, seconds, options)
+
+
+def quantization_overrides(
+    qmode: str | None, group_size: int | None, embedding_quantize: str | None
+) -> list[str]:
+    """export_llm's quantization.* options, checked here rather than minutes into its run."""
+    overrides = []
+    if qmode is not None:
+        from executorch.extension.llm.export.config.llm_config import QuantizationConfig
+
+        QuantizationConfig(qmode=qmode)  # raises a ValueError listing the modes it knows
+        overrides.append(f"quantization.qmode={qmode}")
+    if group_size is not None:
+        if qmode is None:
+            raise ValueError(f"group_size={group_size} given without a qmode (e.g. qmode='8da4w')")
+        if group_size < 0:
+            raise ValueError(f"group_size must be >= 0 (0: one group per output channel), got {group_size}")
+        overrides.append(f"quantization.group_size={group_size}")
+    if embedding_quantize is not None:
+        bits, _, group = embedding_quantize.partition(",")
+        if bits not in ("2", "4", "8") or not (group.isdigit() or group in ("none", "None")):
+            raise ValueError(
+                f"embedding_quantize={embedding_quantize!r} must be '<bits>,<group size>' with bits 2, 4 "
+                "or 8 and a group size (0 or none: one scale per row), e.g. '4,32'"
+            )
+        overrides.append(f"quantization.embedding_quantize='{embedding_quantize}'")
+    return overrides
 
 
 @dataclass

@@ -94,6 +94,15 @@ EXPORT = ["export", "--checkpoint", "stories260K", "--out", "never.pte"]
         (EXPORT + ["--group-size", "-4"], "--group-size: must be a positive integer, got -4"),
         (EXPORT + ["--max-seq-len", "0"], "--max-seq-len: must be a positive integer, got 0"),
         (EXPORT + ["--max-seq-len", "-8"], "--max-seq-len: must be a positive integer, got -8"),
+        (
+            EXPORT + ["--quantize-embedding", "2"],
+            "--quantize-embedding: invalid choice: 2 \\(choose from 4, 8\\)",
+        ),
+        (EXPORT + ["--quantize-embedding", "int8"], "--quantize-embedding: invalid int value: 'int8'"),
+        (
+            EXPORT + ["--embedding-group-size", "0"],
+            "--embedding-group-size: must be a positive integer, got 0",
+        ),
     ],
 )
 def test_bad_arguments_are_refused_before_any_work(argv, message, capsys, monkeypatch):
@@ -174,3 +183,17 @@ def test_a_tokenizer_smaller_than_the_model_vocabulary_is_refused_at_load(tmp_pa
     assert main(argv) == 1
     out = capsys.readouterr()
     assert out.out == "" and "has 512 tokens but the model has 32000" in one_error_line(out.err)
+
+
+def test_embedding_group_size_that_does_not_divide_dim_is_refused(capsys, tmp_path):
+    out = tmp_path / "never.pte"
+    argv = ["export", "--checkpoint", "stories260K", "--out", str(out)]
+    assert main([*argv, "--quantize-embedding", "4", "--embedding-group-size", "48"]) == 1
+    assert "embedding_group_size=48 must be a positive divisor of the model's dim 64" in one_error_line(
+        capsys.readouterr().err
+    )
+    assert main([*argv, "--embedding-group-size", "32"]) == 1
+    assert "embedding_group_size=32 given without quantize_embedding" in one_error_line(
+        capsys.readouterr().err
+    )
+    assert not out.exists()

@@ -5,7 +5,7 @@ delegation info (the report), torchao's eager quantized model (the quantized pro
 eager model (greedy tokens). A one-layer model carved from stories260K keeps the exports short;
 test_runtime.py covers the full stories260K programs, test_transforms.py the swapped modules.
 
-Run time: about 6 minutes on 2 busy cores, most of it the six exports.
+Run time: about 7 minutes on 2 busy cores, most of it the seven exports.
 """
 
 import json
@@ -16,7 +16,7 @@ import torch
 from llama2_et import contract
 from llama2_et.__main__ import main
 from llama2_et.checkpoint import save_llama2c_bin
-from llama2_et.export import ExportReport, export_pte, prepare_for_export, quantize
+from llama2_et.export import ExportReport, QuantizedEmbedding, export_pte, prepare_for_export, quantize
 from llama2_et.generate import EagerDecoder, Recorder, Sampler, generate, generate_text, teacher_forced
 from llama2_et.model import Transformer
 from llama2_et.runtime import PteDecoder
@@ -129,6 +129,62 @@ def test_quantized_program_computes_torchao_quantized_model(exported, one_layer,
     assert error_fp32 > 1e-2  # it really is quantized
 
 
+def torchao_table(weight: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
+    """The table (V, D) as torchao's weight-only quantization dequantizes it."""
+    from torchao.quantization import IntxWeightOnlyConfig, quantize_
+    from torchao.quantization.granularity import PerGroup
+
+    table = torch.nn.Embedding.from_pretrained(weight.detach().clone())
+    config = IntxWeightOnlyConfig(weight_dtype=getattr(torch, f"int{bits}"), granularity=PerGroup(group_size))
+    quantize_(table, config, filter_fn=lambda module, name: isinstance(module, torch.nn.Embedding))
+    return table.weight.dequantize()
+
+
+@pytest.mark.parametrize("bits, group_size", [(8, 64), (8, 16), (4, 32), (4, 64)])
+def test_quantized_embedding_reads_torchao_table(one_layer, bits, group_size):
+    """ExecuTorch's embedding_byte / embedding_4bit on our packed table give torchao's dequantized rows."""
+    weight = one_layer.tok_embeddings.weight
+    ids = torch.tensor([[1, 0, 511, 403, 7]])
+    got = QuantizedEmbedding(weight, bits, group_size)(ids)  # (1, 5, D)
+    torch.testing.assert_close(got, torchao_table(weight, bits, group_size)[ids], atol=0, rtol=0)
+    assert (got - weight[ids]).abs().max() > (1e-3 if bits == 8 else 1e-2)  # it really is quantized
+
+
+@pytest.fixture(scope="module")
+def embedding4(one_layer, tmp_path_factory) -> ExportReport:
+    """one_layer with its token table in 4 bits (groups of 32), the linears fp32."""
+    path = tmp_path_factory.mktemp("embedding") / "e4.pte"
+    return export_pte(one_layer, path, max_seq_len=CONTEXT, quantize_embedding=4, embedding_group_size=32)
+
+
+def test_quantized_embedding_program_keeps_the_tied_head_fp32(embedding4, one_layer):
+    """stories260K ties the classifier to the table: the program quantizes the table, not the head.
+
+    Reference: the eager model untied, its table replaced by torchao's 4-bit table, its head fp32.
+    """
+    import executorch.kernels.quantized  # noqa: F401  (the runtime's quantized_decomposed kernels)
+
+    assert one_layer.output.weight is one_layer.tok_embeddings.weight
+    report = embedding4
+    assert (report.quantize_embedding, report.embedding_group_size) == (4, 32)
+    assert (
+        report.portable_ops["quantized_decomposed::embedding_4bit"] == 1
+        and "embedding" not in report.portable_ops
+    )
+    assert "embedding 4-bit (groups of 32)" in report.summary()
+    reference = Transformer(one_layer.args.replace(tie_embeddings=False, max_seq_len=CONTEXT)).eval()
+    reference.load_state_dict(one_layer.state_dict())
+    with torch.no_grad():
+        reference.tok_embeddings.weight.copy_(torchao_table(one_layer.tok_embeddings.weight, 4, 32))
+    ids, forced = [1, 403, 407, 261, 378], [30, 40, 500, 2, 1]
+    expected = teacher_forced(EagerDecoder(reference), ids, forced)
+    fp32 = teacher_forced(EagerDecoder(prepare_for_export(one_layer, "xnnpack", CONTEXT)), ids, forced)
+    got = teacher_forced(PteDecoder(report.path), ids, forced)
+    error = max((g - e).abs().max().item() for g, e in zip(got, expected, strict=True))
+    error_fp32 = max((g - f).abs().max().item() for g, f in zip(got, fp32, strict=True))
+    assert error < 1e-4 and error_fp32 > 1e-2
+
+
 def test_bad_arguments(one_layer, tmp_path):
     with pytest.raises(ValueError, match="unknown backend 'coreml'"):
         export_pte(one_layer, tmp_path / "a.pte", backend="coreml")
@@ -149,6 +205,14 @@ def test_bad_arguments(one_layer, tmp_path):
         ValueError, match=r"group_size=7 divides none of the linears' input widths \[64, 172\]"
     ):
         export_pte(one_layer, tmp_path / "a.pte", quantize_scheme="8da4w", group_size=7)
+    with pytest.raises(ValueError, match="quantize_embedding must be 4 or 8 .*got 2"):
+        export_pte(one_layer, tmp_path / "a.pte", quantize_embedding=2)
+    with pytest.raises(
+        ValueError, match="embedding_group_size=48 must be a positive divisor of the model's dim 64"
+    ):
+        export_pte(one_layer, tmp_path / "a.pte", quantize_embedding=8, embedding_group_size=48)
+    with pytest.raises(ValueError, match="embedding_group_size=32 given without quantize_embedding"):
+        export_pte(one_layer, tmp_path / "a.pte", embedding_group_size=32)
     assert not (tmp_path / "a.pte").exists()
 
 
