@@ -23,8 +23,14 @@ EXPORT_HINT = "export one with `python -m llama2_et export --checkpoint ... --ou
 
 
 def register_llm_custom_ops() -> None:
-    """Register ExecuTorch's LLM kernels (llama::custom_sdpa, update_cache) that export_llm's programs call."""
-    from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401  (the import registers them)
+    """Register the kernels beyond the portable ones that LLM programs call (the imports register them).
+
+    ExecuTorch's LLM ops (llama::custom_sdpa, update_cache) that export_llm's programs call, and the
+    quantized embedding lookups (quantized_decomposed::embedding_byte, embedding_4bit) of a program
+    exported with a quantized token table, ours or export_llm's.
+    """
+    from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
+    from executorch.kernels import quantized  # noqa: F401
 
 
 class PteDecoder:

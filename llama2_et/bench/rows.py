@@ -69,21 +69,12 @@ ROWS = (
         f"{GATHER}-8da4w-e8",
         "8da4w-e8",
     ),
-    Row(
-        f"{EXPORT_LLM}-8da4w-e8",
-        "TextLLMRunner (export_llm's .pte, 8da4w, 8-bit embedding)",
-        "text-runner",
-        f"{EXPORT_LLM}-8da4w-e8",
-        "8da4w-e8",
-        kv_read="filled",
-    ),
 )
 ROW_KEYS = tuple(r.key for r in ROWS)
 # Rows measured alternating in one process, (ours, reference): load drifts cancel in each round's ratio.
 PAIRS = (
     ("runner-ours", EXPORT_LLM),  # same runner, so only the programs differ
     ("runner-ours-8da4w", f"{EXPORT_LLM}-8da4w"),
-    ("runner-ours-8da4w-e8", f"{EXPORT_LLM}-8da4w-e8"),
     ("cpp", "runner-ours"),  # same program, so only the runners differ
 )
 
@@ -113,9 +104,6 @@ def export_programs(
         ),
         EXPORT_LLM: lambda path: export_peer(bm.model, path),
         f"{EXPORT_LLM}-8da4w": lambda path: export_peer(bm.model, path, qmode="8da4w", group_size=32),
-        f"{EXPORT_LLM}-8da4w-e8": lambda path: export_peer(
-            bm.model, path, qmode="8da4w", group_size=32, embedding_quantize="8,0"
-        ),
     }
     programs = {}
     for key in progress([k for k in builders if k in keys], desc=f"{bm.name}: export", unit="pte"):
