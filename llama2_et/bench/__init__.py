@@ -6,7 +6,8 @@ ExecuTorch's TextLLMRunner, then measures each runtime in its own process (worke
 peak RSS belongs to that runtime alone. Every row also says whether its greedy tokens equal fp32
 eager's; every program row reports the largest logit error against fp32 eager, teacher-forced on
 eager's tokens, and every row but eager-nocache its perplexity on held-out TinyStories text, so what
-quantization costs is shown next to what it buys. The machine's read bandwidth puts each decode
+quantization costs is shown next to what it buys (for trained weights: random ones have no
+meaningful perplexity). The machine's read bandwidth puts each decode
 speed against the memory roofline (roofline.py).
 """
 
@@ -104,7 +105,7 @@ def bench_model(
     from ..quality import held_out_tokens
 
     base = {
-        "held_out_ids": held_out_tokens(bm.tokenizer, HELD_OUT_TOKENS),
+        "held_out_ids": held_out_tokens(bm.tokenizer, HELD_OUT_TOKENS) if bm.trained else None,
         "checkpoint": str(meta_dir),
         "tokenizer": str(bm.tokenizer.path),
         "tokenizer_bin": tokenizer_bin,

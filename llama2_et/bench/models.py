@@ -26,6 +26,7 @@ class BenchModel:
     tokenizer: Tokenizer
     prompt: str
     prompt_ids: list[int]
+    trained: bool  # real weights: perplexity means something (random weights' is astronomical)
 
 
 def build_model(name: str, prompt_tokens: int) -> BenchModel:
@@ -45,7 +46,7 @@ def build_model(name: str, prompt_tokens: int) -> BenchModel:
     else:
         raise ValueError(f"unknown bench model {name!r}; choose from {', '.join(KNOWN_MODELS)}")
     prompt, ids = fixed_prompt(tokenizer, prompt_tokens)
-    return BenchModel(name, model.eval(), tokenizer, prompt, ids)
+    return BenchModel(name, model.eval(), tokenizer, prompt, ids, trained=name == "stories260K")
 
 
 STORY = (
