@@ -12,7 +12,7 @@ A newcomer's map, in the order the book builds it:
   `designs` (the narrow, preproc and gather programs), `transforms` (source transformations),
   `backends` (one registry entry per backend: to add one, add an entry there), `export` (the pipeline);
 - runtimes: `runtime` (a .pte from Python), `cpp/` (the C++ runner, mirroring `contract` in
-  `contract.h`), `peer` (ExecuTorch's own export_llm and TextLLMRunner), `bench` (measured comparisons);
+  `contract.h`), `export_llm` (ExecuTorch's own export_llm and TextLLMRunner), `bench` (measured comparisons);
 - training: `data` (TinyStories, tokenizer training, shards), `train` (the training loop);
 - `__main__`: the command line. A chapter is a notebook in notebooks/ listed in _toc.yml; it
   imports what it has built from here.

@@ -96,7 +96,7 @@ def test_sealed_file_runs_unchanged_in_every_runtime(runner, unsealed_pte, seale
     """ExecuTorch ignores the trailer: Python runtime, our C++ runner and TextLLMRunner give the same output."""
     from executorch.runtime import Runtime
 
-    from llama2_et.peer import TextRunner
+    from llama2_et.export_llm import TextRunner
 
     unsealed = unsealed_pte
     inputs = [torch.tensor([[1, 403, 407]]), torch.tensor([0])]

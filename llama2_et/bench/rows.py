@@ -83,7 +83,7 @@ def export_programs(
     bm: BenchModel, work: Path, keys: set[str], progress: Callable, reuse: bool = False
 ) -> dict[str, dict]:
     """Export the programs the rows need: {key: {"path", "bytes", "export_s"}}; reuse existing files if asked."""
-    from ..peer import export_peer
+    from ..export_llm import export_peer
 
     def ours(**options) -> Callable[[Path], object]:
         def build(path: Path) -> object:

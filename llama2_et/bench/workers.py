@@ -79,7 +79,7 @@ def measure_pair(spec: dict) -> dict:
 
     Each side is a program in TextLLMRunner or in our C++ runner (a process per run, as a user runs it).
     """
-    from ..peer import TextRunner
+    from ..export_llm import TextRunner
 
     def timed(side: dict) -> tuple[float, float]:
         if side["kind"] == "cpp":
@@ -116,7 +116,7 @@ def measure_runtime(spec: dict, reference: dict) -> dict:
     if kind in ("pte", "text-runner"):
         from ..runtime import PteDecoder
     if kind == "text-runner":
-        from ..peer import TextRunner
+        from ..export_llm import TextRunner
         from ..runtime import register_llm_custom_ops
 
         register_llm_custom_ops()

@@ -7,7 +7,7 @@ The modules of this package draw one subject each; a chapter calls them and show
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
-from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 
 # One palette for every diagram: a reader learns the colours once.
 COLORS = {
@@ -73,6 +73,11 @@ def arrow(ax, start: tuple[float, float], end: tuple[float, float], text: str = 
     if text:
         mid = ((start[0] + end[0]) / 2, (start[1] + end[1]) / 2)
         ax.text(mid[0] + 0.05, mid[1], text, fontsize=8, va="center", color="0.25")
+
+
+def swatch(kind: str, label: str, edgecolor: str = "0.35") -> Rectangle:
+    """A legend entry: a square in the colour of `kind`."""
+    return Rectangle((0, 0), 1, 1, facecolor=COLORS[kind], edgecolor=edgecolor, label=label)
 
 
 def enlarge(fig, factor: float):

@@ -15,7 +15,7 @@ from pathlib import Path
 from matplotlib.patches import Rectangle
 
 from .. import integrity
-from . import COLORS
+from . import COLORS, swatch
 
 # bytes per element of ExecuTorch's ScalarType values that a planned tensor of ours can have
 _ELEMENT_BYTES = {"BYTE": 1, "CHAR": 1, "SHORT": 2, "INT": 4, "LONG": 8, "HALF": 2, "FLOAT": 4, "BOOL": 1}
@@ -157,17 +157,8 @@ def execution_plan_figure(plan, title: str = ""):
     ax.set_aspect("equal")
     ax.axis("off")
     legend = [
-        Rectangle(
-            (0, 0), 1, 1, facecolor=COLORS["delegate"], edgecolor="0.35", label=f"delegate call ({delegates})"
-        ),
-        Rectangle(
-            (0, 0),
-            1,
-            1,
-            facecolor=COLORS["portable"],
-            edgecolor="0.35",
-            label=f"kernel call ({len(chain) - delegates})",
-        ),
+        swatch("delegate", f"delegate call ({delegates})"),
+        swatch("portable", f"kernel call ({len(chain) - delegates})"),
     ]
     ax.legend(handles=legend, loc="upper right", ncol=2, fontsize=7, frameon=False, bbox_to_anchor=(1, 1.45))
     ax.set_title(title or f"forward: {len(chain)} instructions, in order", fontsize=9, loc="left")
@@ -200,17 +191,8 @@ def memory_plan_figure(plan, title: str = ""):
     ax.set_ylabel("arena offset (KiB)")
     cache = sum(t.is_cache for t in tensors)
     legend = [
-        Rectangle(
-            (0, 0), 1, 1, facecolor=COLORS["cache"], edgecolor="0.3", label=f"KV cache buffer ({cache})"
-        ),
-        Rectangle(
-            (0, 0),
-            1,
-            1,
-            facecolor=COLORS["tensor"],
-            edgecolor=COLORS["accent"],
-            label=f"other ({len(tensors) - cache})",
-        ),
+        swatch("cache", f"KV cache buffer ({cache})", edgecolor="0.3"),
+        swatch("tensor", f"other ({len(tensors) - cache})", edgecolor=COLORS["accent"]),
     ]
     ax.legend(handles=legend, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
     ax.set_title(title or f"memory plan: {len(tensors)} planned tensors", fontsize=9, loc="left")

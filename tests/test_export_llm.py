@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from llama2_et.__main__ import main
+from llama2_et.export_llm import TextRunner, export_peer
 from llama2_et.generate import EagerDecoder, Sampler, generate_text, teacher_forced
-from llama2_et.peer import TextRunner, export_peer
 from llama2_et.runtime import PteDecoder, register_llm_custom_ops
 
 pytestmark = pytest.mark.slow
