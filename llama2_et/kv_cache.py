@@ -60,12 +60,15 @@ class MatmulKVCache(nn.Module):
         self.register_buffer("v_cache", torch.zeros(n_kv_heads, max_seq_len, head_dim), persistent=False)
 
     def update(
-        self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+        self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attended: int | torch.SymInt
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v (L, Nkv, Dh) at positions input_pos (L,); return keys (Nkv, Dh, Lm), values (Nkv, Lm, Dh)."""
+        """Write k, v (L, Nkv, Dh) at positions input_pos (L,); return the first W = attended positions.
+
+        Keys (Nkv, Dh, W), values (Nkv, W, Dh): the whole cache when W is Lm, as `KVCache.update`.
+        """
         self.k_cache.index_copy_(2, input_pos, k.permute(1, 2, 0))  # (Nkv, Dh, L)
         self.v_cache.index_copy_(1, input_pos, v.transpose(0, 1))  # (Nkv, L, Dh)
-        return self.k_cache, self.v_cache
+        return filled_prefix(self.k_cache, 2, attended), filled_prefix(self.v_cache, 1, attended)
 
     def reset(self) -> None:
         self.k_cache.zero_()

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kv_cache import MatmulKVCache, filled_prefix
+from .kv_cache import MatmulKVCache
 from .model import Attention, RMSNorm, Transformer
 
 
@@ -105,11 +105,9 @@ class MatmulAttention(nn.Module):
         q = self.rope(self.wq(x), cos, sin, self.expand_q)  # (1, L, Nh*Dh), already scaled
         k = self.rope(self.wk(x), cos, sin, self.expand_k)  # (1, L, Nkv*Dh)
         v = self.wv(x)
-        keys, values = self.kv_cache.update(input_pos, k.view(-1, nkv, dh), v.view(-1, nkv, dh))
         attended = mask.shape[-1]  # the mask's width: the filled prefix pos + L, or the whole cache
-        keys, values = (
-            filled_prefix(keys, 2, attended),
-            filled_prefix(values, 1, attended),
+        keys, values = self.kv_cache.update(
+            input_pos, k.view(-1, nkv, dh), v.view(-1, nkv, dh), attended
         )  # (Nkv, Dh, W), (Nkv, W, Dh)
         q = q.view(-1, nkv, rep, dh).permute(1, 2, 0, 3).contiguous().view(nkv, -1, dh)  # (Nkv, rep*L, Dh)
         rows = mask if rep == 1 else torch.cat([mask] * rep)  # (rep*L, W): row r*L + l is mask[l]
