@@ -55,6 +55,9 @@ def quantize(model: nn.Module, scheme: str, group_size: int = 32) -> int:
 
     8da8w: int8 weights, one scale per output channel. 8da4w: int4 weights in groups of
     group_size inputs; a linear whose input width is not a multiple of group_size stays fp32.
+    Each scale is chosen by half-quadratic quantization (HQQ, scale only), as ExecuTorch's own
+    export_llm does: it minimizes the weights' rounding error, where a scale from the group's
+    largest magnitude lets one outlier coarsen the grid for all the others.
     """
     if scheme == "none":
         return 0
@@ -65,12 +68,11 @@ def quantize(model: nn.Module, scheme: str, group_size: int = 32) -> int:
     from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
     from torchao.quantization.granularity import PerAxis, PerGroup
 
-    if scheme == "8da8w":
-        config = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
-    else:
-        config = Int8DynamicActivationIntxWeightConfig(
-            weight_dtype=torch.int4, weight_granularity=PerGroup(group_size)
-        )
+    config = Int8DynamicActivationIntxWeightConfig(
+        weight_dtype=torch.int8 if scheme == "8da8w" else torch.int4,
+        weight_granularity=PerAxis(0) if scheme == "8da8w" else PerGroup(group_size),
+        intx_choose_qparams_algorithm="hqq_scale_only",
+    )
 
     def chosen(module: nn.Module, name: str) -> bool:
         return isinstance(module, nn.Linear) and (scheme == "8da8w" or module.in_features % group_size == 0)
