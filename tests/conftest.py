@@ -1,5 +1,6 @@
 """Shared fixtures: the real files in LLAMA2_ET_DATA (default: ../shared/data beside the repo)."""
 
+import fcntl
 import os
 from pathlib import Path
 
@@ -41,19 +42,31 @@ def pte_context() -> int:
 
 
 @pytest.fixture(scope="session")
-def stories260k_pte(stories260k, tmp_path_factory):
-    """stories260K exported to .pte once per session per (design, backend): exports dominate test time."""
+def run_dir(tmp_path_factory) -> Path:
+    """A folder that every worker of this pytest run sees (pytest-xdist gives each its own basetemp)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if "PYTEST_XDIST_WORKER" in os.environ else base
+
+
+@pytest.fixture(scope="session")
+def stories260k_pte(stories260k, run_dir):
+    """stories260K exported to .pte once per run per (design, backend): exports dominate test time.
+
+    The first worker to need a program exports it under a lock; the others wait and read its file
+    (export_pte writes to a temporary file and renames, so a finished file is a complete one).
+    """
     from llama2_et.export import export_pte
 
-    folder, programs = tmp_path_factory.mktemp("pte"), {}
+    folder = run_dir / "pte"
+    folder.mkdir(exist_ok=True)
 
     def get(design: str = "gather", backend: str = "xnnpack") -> Path:
-        if (design, backend) not in programs:
-            path = folder / f"stories260K_{design}_{backend}.pte"
-            programs[design, backend] = export_pte(
-                stories260k, path, design, backend, max_seq_len=PTE_CONTEXT
-            ).path
-        return programs[design, backend]
+        path = folder / f"stories260K_{design}_{backend}.pte"
+        with open(path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not path.is_file():
+                export_pte(stories260k, path, design, backend, max_seq_len=PTE_CONTEXT)
+        return path
 
     return get
 
