@@ -26,7 +26,7 @@ EXPORT_LLM = "executorch.extension.llm.export.export_llm"
 
 
 @dataclass
-class PeerExport:
+class ExportLlmResult:
     """What one export_llm run wrote, with which options, in how long."""
 
     path: Path
@@ -34,7 +34,7 @@ class PeerExport:
     overrides: list[str]  # export_llm's options, as passed on its command line
 
 
-def export_peer(
+def export_with_export_llm(
     model: Transformer,
     out_path: str | Path,
     max_seq_len: int | None = None,
@@ -44,7 +44,7 @@ def export_peer(
     qmode: str | None = None,
     group_size: int | None = None,
     embedding_quantize: str | None = None,
-) -> PeerExport:
+) -> ExportLlmResult:
     """Write `model` as a .pte made by ExecuTorch's export_llm (KV cache, custom SDPA, fp32 unless told).
 
     The checkpoint goes through Meta's format (consolidated.00.pth + params.json), the input
@@ -95,7 +95,7 @@ def export_peer(
     if proc.returncode != 0 or not out_path.is_file():
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-20:])
         raise RuntimeError(f"{EXPORT_LLM} failed (exit {proc.returncode}) writing {out_path}:\n{tail}")
-    return PeerExport(out_path, seconds, options)
+    return ExportLlmResult(out_path, seconds, options)
 
 
 def quantization_overrides(

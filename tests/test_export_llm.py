@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from llama2_et.__main__ import main
-from llama2_et.export_llm import TextRunner, export_peer
+from llama2_et.export_llm import TextRunner, export_with_export_llm
 from llama2_et.generate import EagerDecoder, Sampler, generate_text, teacher_forced
 from llama2_et.runtime import PteDecoder, register_llm_custom_ops
 
@@ -31,27 +31,29 @@ def eager_text(stories260k, tok512) -> str:
 
 
 @pytest.fixture(scope="module")
-def peer_export(stories260k, tmp_path_factory):
-    return export_peer(stories260k, tmp_path_factory.mktemp("peer") / "stories260K_peer.pte")
+def llm_export(stories260k, tmp_path_factory):
+    return export_with_export_llm(
+        stories260k, tmp_path_factory.mktemp("export_llm") / "stories260K_export_llm.pte"
+    )
 
 
 @pytest.fixture(scope="module")
-def peer_pte(peer_export):
-    return peer_export.path
+def llm_pte(llm_export):
+    return llm_export.path
 
 
-def test_export_peer_reports_its_options_and_time(peer_export):
-    assert peer_export.path.is_file() and peer_export.seconds > 0
-    assert "model.dtype_override=fp32" in peer_export.overrides
-    assert not any(option.startswith("quantization.") for option in peer_export.overrides)
+def test_export_llm_reports_its_options_and_time(llm_export):
+    assert llm_export.path.is_file() and llm_export.seconds > 0
+    assert "model.dtype_override=fp32" in llm_export.overrides
+    assert not any(option.startswith("quantization.") for option in llm_export.overrides)
 
 
-def test_peer_logits_equal_our_eager_model(peer_pte, stories260k, tok512):
+def test_export_llm_logits_equal_our_eager_model(llm_pte, stories260k, tok512):
     """ExecuTorch's llama (custom SDPA, XNNPACK) on our weights: same logits, prefill and decode."""
     register_llm_custom_ops()
     from executorch.runtime import Runtime
 
-    method = Runtime.get().load_program(peer_pte).load_method("forward")
+    method = Runtime.get().load_program(llm_pte).load_method("forward")
     decoder = EagerDecoder(stories260k)
     decoder.reset()
     ids = tok512.encode(PROMPT, bos=True)
@@ -68,8 +70,8 @@ def test_peer_logits_equal_our_eager_model(peer_pte, stories260k, tok512):
         pos += 1
 
 
-def test_peer_in_text_runner_gives_eager_greedy_text(peer_pte, data_dir, eager_text):
-    out = TextRunner(peer_pte, data_dir / "tok512.model").generate(PROMPT, NEW_TOKENS)
+def test_export_llm_in_text_runner_gives_eager_greedy_text(llm_pte, data_dir, eager_text):
+    out = TextRunner(llm_pte, data_dir / "tok512.model").generate(PROMPT, NEW_TOKENS)
     assert out.text == eager_text
     assert len(out.pieces) == NEW_TOKENS
 
@@ -81,47 +83,47 @@ def test_our_gather_pte_runs_in_text_runner(stories260k_pte, data_dir, eager_tex
     assert runner.generate(PROMPT, NEW_TOKENS).text == eager_text  # reset between calls
 
 
-def test_our_runtime_runs_export_llm_programs(peer_pte, tok512, eager_text, capsys):
+def test_our_runtime_runs_export_llm_programs(llm_pte, tok512, eager_text, capsys):
     """`run` registers ExecuTorch's LLM kernels (custom_sdpa, update_cache) that export_llm's program calls."""
-    assert PteDecoder(peer_pte).stop_ids == (1, 2)
-    argv = ["run", "--pte", str(peer_pte), "--tokenizer", str(tok512.path), "--prompt", PROMPT]
+    assert PteDecoder(llm_pte).stop_ids == (1, 2)
+    argv = ["run", "--pte", str(llm_pte), "--tokenizer", str(tok512.path), "--prompt", PROMPT]
     assert main([*argv, "--max-new-tokens", str(NEW_TOKENS)]) == 0
     assert capsys.readouterr().out == PROMPT + eager_text + "\n"
 
 
-def test_text_runner_rejects_bad_inputs(peer_pte, data_dir, tmp_path):
+def test_text_runner_rejects_bad_inputs(llm_pte, data_dir, tmp_path):
     with pytest.raises(ValueError, match="sentencepiece .model"):
-        TextRunner(peer_pte, data_dir / "tok512.bin")
+        TextRunner(llm_pte, data_dir / "tok512.bin")
     with pytest.raises(FileNotFoundError, match="missing.pte"):
         TextRunner(tmp_path / "missing.pte", data_dir / "tok512.model")
 
 
-def test_export_peer_rejects_bad_arguments(stories260k, tmp_path):
+def test_export_llm_rejects_bad_arguments(stories260k, tmp_path):
     with pytest.raises(ValueError, match=r"\.pte"):
-        export_peer(stories260k, tmp_path / "peer.bin")
+        export_with_export_llm(stories260k, tmp_path / "export_llm.bin")
     with pytest.raises(ValueError, match="max_seq_len=1024"):
-        export_peer(stories260k, tmp_path / "peer.pte", max_seq_len=1024)
+        export_with_export_llm(stories260k, tmp_path / "export_llm.pte", max_seq_len=1024)
     with pytest.raises(ValueError, match="Got qmode 8da3w, but expected one of"):
-        export_peer(stories260k, tmp_path / "peer.pte", qmode="8da3w")
+        export_with_export_llm(stories260k, tmp_path / "export_llm.pte", qmode="8da3w")
     with pytest.raises(ValueError, match="group_size=32 given without a qmode"):
-        export_peer(stories260k, tmp_path / "peer.pte", group_size=32)
+        export_with_export_llm(stories260k, tmp_path / "export_llm.pte", group_size=32)
     for bad in ("4", "3,32", "4,x"):
         with pytest.raises(ValueError, match=f"embedding_quantize='{bad}' must be '<bits>,<group size>'"):
-            export_peer(stories260k, tmp_path / "peer.pte", embedding_quantize=bad)
-    assert not (tmp_path / "peer.pte").exists()
+            export_with_export_llm(stories260k, tmp_path / "export_llm.pte", embedding_quantize=bad)
+    assert not (tmp_path / "export_llm.pte").exists()
 
 
 @pytest.fixture(scope="module")
-def peer_8da4w(stories260k, tmp_path_factory):
+def llm_8da4w(stories260k, tmp_path_factory):
     """export_llm's 8da4w (int4 weights in groups of 32, 8-bit dynamic activations) of stories260K."""
-    path = tmp_path_factory.mktemp("peer_8da4w") / "stories260K_8da4w.pte"
-    return export_peer(stories260k, path, max_seq_len=CONTEXT, qmode="8da4w", group_size=32)
+    path = tmp_path_factory.mktemp("llm_8da4w") / "stories260K_8da4w.pte"
+    return export_with_export_llm(stories260k, path, max_seq_len=CONTEXT, qmode="8da4w", group_size=32)
 
 
 CONTEXT = 128  # the quantized program's context: room for the teacher-forced steps and 300 tokens in windows
 
 
-def test_peer_8da4w_runs_in_our_runtime_near_eager(peer_8da4w, stories260k, tok512):
+def test_export_llm_8da4w_runs_in_our_runtime_near_eager(llm_8da4w, stories260k, tok512):
     """As far from fp32 eager as torchao's 8da4w eager model is (within 1.5x); perplexity within 25%.
 
     int4 weights cost a model this small real quality: torchao's 8da4w of stories260K (the one both
@@ -131,14 +133,14 @@ def test_peer_8da4w_runs_in_our_runtime_near_eager(peer_8da4w, stories260k, tok5
     from llama2_et.model import Transformer
     from llama2_et.quality import held_out_tokens, perplexity
 
-    assert {"quantization.qmode=8da4w", "quantization.group_size=32"} <= set(peer_8da4w.overrides)
+    assert {"quantization.qmode=8da4w", "quantization.group_size=32"} <= set(llm_8da4w.overrides)
     eager_model = Transformer(stories260k.args.replace(max_seq_len=CONTEXT)).eval()
     eager_model.load_state_dict(stories260k.state_dict())
     torchao_model = prepare_for_export(stories260k, "xnnpack", CONTEXT)
     quantize(torchao_model, "8da4w", 32)
     ids, forced = tok512.encode(PROMPT, bos=True), tok512.encode(" there was a little girl named Lily")
     expected = teacher_forced(EagerDecoder(eager_model), ids, forced)
-    got = teacher_forced(PteDecoder(peer_8da4w.path), ids, forced)
+    got = teacher_forced(PteDecoder(llm_8da4w.path), ids, forced)
     torchao = teacher_forced(EagerDecoder(torchao_model), ids, forced)
     error = max((g - e).abs().max().item() for g, e in zip(got, expected, strict=True))
     torchao_error = max((t - e).abs().max().item() for t, e in zip(torchao, expected, strict=True))
@@ -146,12 +148,12 @@ def test_peer_8da4w_runs_in_our_runtime_near_eager(peer_8da4w, stories260k, tok5
     tokens = held_out_tokens(tok512, 300)
     eager, quantized = (
         perplexity(EagerDecoder(eager_model), tokens),
-        perplexity(PteDecoder(peer_8da4w.path), tokens),
+        perplexity(PteDecoder(llm_8da4w.path), tokens),
     )
     assert quantized == pytest.approx(eager, rel=0.25)
 
 
-def test_our_8da4w_is_no_worse_than_export_llm_s(peer_8da4w, stories260k, tok512):
+def test_our_8da4w_is_no_worse_than_export_llm_s(llm_8da4w, stories260k, tok512):
     """Our 8da4w quantization (what our .pte computes) scores a perplexity within 1% of export_llm's program.
 
     Both choose each group's scale by HQQ (`quantize`, and export_llm's default).
@@ -162,4 +164,4 @@ def test_our_8da4w_is_no_worse_than_export_llm_s(peer_8da4w, stories260k, tok512
     ours = prepare_for_export(stories260k, "xnnpack", CONTEXT)
     quantize(ours, "8da4w", 32)
     tokens = held_out_tokens(tok512, 300)
-    assert perplexity(EagerDecoder(ours), tokens) <= 1.01 * perplexity(PteDecoder(peer_8da4w.path), tokens)
+    assert perplexity(EagerDecoder(ours), tokens) <= 1.01 * perplexity(PteDecoder(llm_8da4w.path), tokens)

@@ -32,7 +32,9 @@ def summarize(row: Row, run: dict, program: dict | None) -> dict:
         if key in run:
             out[key] = run[key]
     if program:
-        out.update(file_bytes=program["bytes"], export_s=program["export_s"], program=Path(program["path"]).name)
+        out.update(
+            file_bytes=program["bytes"], export_s=program["export_s"], program=Path(program["path"]).name
+        )
         if "delegation" in program:
             out["delegation"] = program["delegation"]
     return out

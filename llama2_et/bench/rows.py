@@ -83,7 +83,7 @@ def export_programs(
     bm: BenchModel, work: Path, keys: set[str], progress: Callable, reuse: bool = False
 ) -> dict[str, dict]:
     """Export the programs the rows need: {key: {"path", "bytes", "export_s"}}; reuse existing files if asked."""
-    from ..export_llm import export_peer
+    from ..export_llm import export_with_export_llm
 
     def ours(**options) -> Callable[[Path], object]:
         def build(path: Path) -> object:
@@ -102,8 +102,10 @@ def export_programs(
         f"{GATHER}-8da4w-e8": ours(
             design=GATHER, backend="xnnpack", quantize_scheme="8da4w", quantize_embedding=8
         ),
-        EXPORT_LLM: lambda path: export_peer(bm.model, path),
-        f"{EXPORT_LLM}-8da4w": lambda path: export_peer(bm.model, path, qmode="8da4w", group_size=32),
+        EXPORT_LLM: lambda path: export_with_export_llm(bm.model, path),
+        f"{EXPORT_LLM}-8da4w": lambda path: export_with_export_llm(
+            bm.model, path, qmode="8da4w", group_size=32
+        ),
     }
     programs = {}
     for key in progress([k for k in builders if k in keys], desc=f"{bm.name}: export", unit="pte"):
