@@ -280,8 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     # --- export ---
     from .backends import BACKENDS
-    from .contract import DEFAULT_DESIGN, DESIGNS
-    from .export import EMBEDDING_BITS, QUANTIZATIONS
+    from .designs import DEFAULT_DESIGN, DESIGNS
+    from .quantize import EMBEDDING_BITS, QUANTIZATIONS
 
     p = sub.add_parser("export", help="export a checkpoint to an ExecuTorch .pte (XNNPACK or portable)")
     p.add_argument("--checkpoint", required=True, help="checkpoint path or preset name (stories260K)")

@@ -1,24 +1,13 @@
-"""The contract between an exported program (.pte) and the runtimes that run it.
+"""The names an exported program (.pte) and its runtimes agree on: ids and metadata methods.
 
-Everything the exporter writes and a runtime reads is named here once: the program designs and
-the inputs their `forward` takes, the metadata methods (constant methods in the .pte, the names
-ExecuTorch's TextLLMRunner reads), and the default BOS/EOS ids. The C++ runner mirrors this file
-in `cpp/contract.h`.
-
-Designs (chapters 4 and 5 tell their story):
-- "narrow": forward(tokens, input_pos) slices the RoPE tables and the mask inside the graph with
-  `narrow` at a start read from a tensor. It exports, but XNNPACK cannot delegate what the slice feeds.
-- "preproc": forward(tokens, cos, sin, mask, input_pos): the caller slices (the original series' fix).
-  Attention reads as many cache positions as the mask has columns, W: a caller that passes the
-  filled columns only (W = pos + L) makes it skip the empty slots; W = Lm works too.
-- "gather": forward(tokens, input_pos) gathers the table rows at input_pos + arange(L), so their
-  count is the tokens' own length, a shape rather than a value. The package exports it by default.
-  Its attention reads the filled prefix, pos + L positions, a width it reads from input_pos.
+Everything the exporter writes and a runtime reads by name is named here once: the default
+BOS/EOS ids and the metadata methods (constant methods in the .pte, the names ExecuTorch's
+TextLLMRunner reads). The C++ runner's `contract.h` is generated from this module when the runner
+is built (cpp/build.py), so the two cannot drift. The program designs and the inputs their
+`forward` takes live in designs.py.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from .config import ModelArgs
 
@@ -28,75 +17,43 @@ EOS_ID = 2
 # its TinyStories models learned between stories.
 STOP_IDS = (BOS_ID, EOS_ID)
 
-
-@dataclass(frozen=True)
-class Signature:
-    """The inputs of a program's forward: names and dtypes, in order. Output: logits (1, V)."""
-
-    names: tuple[str, ...]
-    dtypes: tuple[str, ...]
-
-    def describe(self) -> str:
-        return f"{len(self.names)} ({', '.join(self.names)})"
-
-
-POSITIONS_INPUTS = Signature(("tokens", "input_pos"), ("int64", "int64"))  # tokens (1, L), input_pos (1,)
-PREPROC_INPUTS = Signature(
-    ("tokens", "cos", "sin", "mask", "input_pos"),  # (1, L), (L, Dh/2) x2, (L, W), (L,); pos + L <= W <= Lm
-    ("int64", "float32", "float32", "float32", "int64"),
-)
-SIGNATURES = {"narrow": POSITIONS_INPUTS, "preproc": PREPROC_INPUTS, "gather": POSITIONS_INPUTS}
-DESIGNS = tuple(SIGNATURES)
-DEFAULT_DESIGN = "gather"
-
-# Metadata methods: what TextLLMRunner reads (ExecuTorch's extension/llm/runner/constants.h) ...
-MAX_SEQ_LEN = "get_max_seq_len"
-MAX_CONTEXT_LEN = "get_max_context_len"
-VOCAB_SIZE = "get_vocab_size"
-BOS = "get_bos_id"
-EOS_IDS = "get_eos_ids"
-N_LAYERS = "get_n_layers"
+# Metadata methods, each constant named as the method it names. What TextLLMRunner reads
+# (ExecuTorch's extension/llm/runner/constants.h) ...
+GET_MAX_SEQ_LEN = "get_max_seq_len"
+GET_MAX_CONTEXT_LEN = "get_max_context_len"
+GET_VOCAB_SIZE = "get_vocab_size"
+GET_BOS_ID = "get_bos_id"
+GET_EOS_IDS = "get_eos_ids"
+GET_N_LAYERS = "get_n_layers"
 USE_KV_CACHE = "use_kv_cache"
 USE_SDPA_WITH_KV_CACHE = "use_sdpa_with_kv_cache"
 ENABLE_DYNAMIC_SHAPE = "enable_dynamic_shape"
-# ... and what the preproc design's runtimes rebuild their RoPE tables and mask from.
-DIM = "get_dim"
-N_HEADS = "get_n_heads"
-N_KV_HEADS = "get_n_kv_heads"
-HEAD_DIM = "get_head_dim"
-ROPE_THETA = "get_rope_theta"
+# ... and the model's shape, which the preproc design's runtimes build their RoPE tables from.
+GET_DIM = "get_dim"
+GET_N_HEADS = "get_n_heads"
+GET_N_KV_HEADS = "get_n_kv_heads"
+GET_HEAD_DIM = "get_head_dim"
+GET_ROPE_THETA = "get_rope_theta"
 
-REQUIRED_METADATA = (MAX_SEQ_LEN, VOCAB_SIZE)
-PREPROC_METADATA = (HEAD_DIM, ROPE_THETA)
-
-
-def signature_of(n_inputs: int) -> Signature | None:
-    """The signature a forward with n_inputs inputs follows, or None if no design takes that many."""
-    return next((s for s in (POSITIONS_INPUTS, PREPROC_INPUTS) if len(s.names) == n_inputs), None)
-
-
-def check_design(design: str) -> str:
-    """design, or a ValueError listing the designs."""
-    if design not in SIGNATURES:
-        raise ValueError(f"unknown design {design!r}; choose one of {', '.join(DESIGNS)}")
-    return design
+REQUIRED_METADATA = (GET_MAX_SEQ_LEN, GET_VOCAB_SIZE)
+TABLES_METADATA = (GET_HEAD_DIM, GET_ROPE_THETA)
 
 
 def metadata(args: ModelArgs, bos_id: int = BOS_ID, eos_ids: tuple[int, ...] = STOP_IDS) -> dict:
     """The constant methods an exported program carries, with their values for args."""
     return {
-        MAX_SEQ_LEN: args.max_seq_len,
-        MAX_CONTEXT_LEN: args.max_seq_len,
-        VOCAB_SIZE: args.vocab_size,
-        BOS: bos_id,
-        EOS_IDS: list(eos_ids),
-        N_LAYERS: args.n_layers,
+        GET_MAX_SEQ_LEN: args.max_seq_len,
+        GET_MAX_CONTEXT_LEN: args.max_seq_len,
+        GET_VOCAB_SIZE: args.vocab_size,
+        GET_BOS_ID: bos_id,
+        GET_EOS_IDS: list(eos_ids),
+        GET_N_LAYERS: args.n_layers,
         USE_KV_CACHE: True,
         USE_SDPA_WITH_KV_CACHE: False,
         ENABLE_DYNAMIC_SHAPE: True,
-        DIM: args.dim,
-        N_HEADS: args.n_heads,
-        N_KV_HEADS: args.kv_heads,
-        HEAD_DIM: args.head_dim,
-        ROPE_THETA: float(args.rope_theta),
+        GET_DIM: args.dim,
+        GET_N_HEADS: args.n_heads,
+        GET_N_KV_HEADS: args.kv_heads,
+        GET_HEAD_DIM: args.head_dim,
+        GET_ROPE_THETA: float(args.rope_theta),
     }

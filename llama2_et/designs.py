@@ -17,13 +17,47 @@ which XNNPACK does not delegate.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.export import Dim
 
-from .contract import check_design
 from .model import Transformer
 from .preproc import Preproc
+
+
+@dataclass(frozen=True)
+class Signature:
+    """The inputs of a program's forward: names and dtypes, in order. Output: logits (1, V)."""
+
+    names: tuple[str, ...]
+    dtypes: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"{len(self.names)} ({', '.join(self.names)})"
+
+
+POSITIONS_INPUTS = Signature(("tokens", "input_pos"), ("int64", "int64"))  # tokens (1, L), input_pos (1,)
+PREPROC_INPUTS = Signature(
+    ("tokens", "cos", "sin", "mask", "input_pos"),  # (1, L), (L, Dh/2) x2, (L, W), (L,); pos + L <= W <= Lm
+    ("int64", "float32", "float32", "float32", "int64"),
+)
+SIGNATURES = {"narrow": POSITIONS_INPUTS, "preproc": PREPROC_INPUTS, "gather": POSITIONS_INPUTS}
+DESIGNS = tuple(SIGNATURES)
+DEFAULT_DESIGN = "gather"
+
+
+def signature_of(n_inputs: int) -> Signature | None:
+    """The signature a forward with n_inputs inputs follows, or None if no design takes that many."""
+    return next((s for s in (POSITIONS_INPUTS, PREPROC_INPUTS) if len(s.names) == n_inputs), None)
+
+
+def check_design(design: str) -> str:
+    """design, or a ValueError listing the designs."""
+    if design not in SIGNATURES:
+        raise ValueError(f"unknown design {design!r}; choose one of {', '.join(DESIGNS)}")
+    return design
 
 
 class NarrowProgram(nn.Module):

@@ -3,8 +3,7 @@
 `export_pte` is the whole pipeline in one function:
 1. `prepare_for_export`: a batch-1 copy of the model with its KV cache at the export's context,
    and the backend's source transformations applied (backends.py, transforms.py);
-2. optional quantization of the linears (torchao) and of the token embedding (weight-only, read by
-   ExecuTorch's quantized_decomposed embedding kernels);
+2. optional quantization of the linears and of the token embedding (quantize.py);
 3. torch.export of a program design (designs.py; "gather" by default) with one `Dim` for the token
    count, so one program serves prefill and decode, the KV cache held as mutable buffers;
 4. `to_edge_transform_and_lower` with the backend's partitioners, and the metadata methods of
@@ -20,135 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from . import contract, integrity
+from . import contract, designs, integrity
 from .backends import backend as backend_entry
 from .designs import program_and_inputs
 from .files import atomic_write_bytes, check_output_path
 from .model import Transformer
-
-QUANTIZATIONS = ("none", "8da8w", "8da4w")
-EMBEDDING_BITS = (4, 8)
-
-
-def prepare_for_export(
-    model: Transformer, backend: str = "xnnpack", max_seq_len: int | None = None
-) -> Transformer:
-    """A copy of model for export: context max_seq_len, batch-1 KV cache, the backend's transformations."""
-    context = model.args.max_seq_len if max_seq_len is None else max_seq_len
-    if not 1 <= context <= model.args.max_seq_len:
-        raise ValueError(
-            f"max_seq_len={context} must be in 1..{model.args.max_seq_len} (the model's context)"
-        )
-    entry = backend_entry(backend)
-    prepared = Transformer(model.args.replace(max_seq_len=context))
-    prepared.load_state_dict(model.state_dict())
-    prepared.eval().setup_kv_cache()
-    for transform in entry.transforms:
-        transform(prepared)
-    return prepared
-
-
-def quantize(model: nn.Module, scheme: str, group_size: int = 32) -> int:
-    """Quantize the linears in place with torchao (8-bit dynamic activations); return how many.
-
-    8da8w: int8 weights, one scale per output channel. 8da4w: int4 weights in groups of
-    group_size inputs; a linear whose input width is not a multiple of group_size stays fp32.
-    Each scale is chosen by half-quadratic quantization (HQQ, scale only), as ExecuTorch's own
-    export_llm does: it minimizes the weights' rounding error, where a scale from the group's
-    largest magnitude lets one outlier coarsen the grid for all the others.
-    """
-    if scheme == "none":
-        return 0
-    if scheme not in QUANTIZATIONS:
-        raise ValueError(f"unknown quantization {scheme!r}; choose one of {', '.join(QUANTIZATIONS)}")
-    if scheme == "8da4w" and group_size < 1:
-        raise ValueError(f"group_size must be a positive number of inputs, got {group_size}")
-    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
-    from torchao.quantization.granularity import PerAxis, PerGroup
-
-    config = Int8DynamicActivationIntxWeightConfig(
-        weight_dtype=torch.int8 if scheme == "8da8w" else torch.int4,
-        weight_granularity=PerAxis(0) if scheme == "8da8w" else PerGroup(group_size),
-        intx_choose_qparams_algorithm="hqq_scale_only",
-    )
-
-    def chosen(module: nn.Module, name: str) -> bool:
-        return isinstance(module, nn.Linear) and (scheme == "8da8w" or module.in_features % group_size == 0)
-
-    count = sum(chosen(m, n) for n, m in model.named_modules())
-    if count == 0:
-        widths = sorted({m.in_features for m in model.modules() if isinstance(m, nn.Linear)})
-        raise ValueError(
-            f"group_size={group_size} divides none of the linears' input widths {widths}: nothing would be "
-            "quantized; choose a group size that divides them (e.g. 32)"
-        )
-    quantize_(model, config, filter_fn=chosen)
-    return count
-
-
-class QuantizedEmbedding(nn.Module):
-    """A token table stored as int8 (8-bit) or two int4 per byte (4-bit), one fp32 scale per group.
-
-    Weight-only and symmetric (zero point 0): row t of the table is q[t] * scale[t, group], computed
-    by ExecuTorch's kernels quantized_decomposed::embedding_byte / embedding_4bit, the ops
-    ExecuTorch's LLM export uses for `quantization.embedding_quantize`. The values come from
-    torchao's IntxWeightOnlyConfig; the 4-bit packing is the kernels': q + 8 in a nibble, the
-    even column in the high one.
-    """
-
-    def __init__(self, weight: torch.Tensor, bits: int, group_size: int):
-        super().__init__()
-        import executorch.exir  # noqa: F401  (defines the quantized_decomposed embedding ops in torch)
-        from torchao.quantization import IntxWeightOnlyConfig, quantize_
-        from torchao.quantization.granularity import PerGroup
-
-        vocab_size, dim = weight.shape
-        table = nn.Embedding.from_pretrained(weight.detach().clone())
-        config = IntxWeightOnlyConfig(
-            weight_dtype=getattr(torch, f"int{bits}"), granularity=PerGroup(group_size)
-        )
-        quantize_(table, config, filter_fn=lambda module, name: isinstance(module, nn.Embedding))
-        q, scales = table.weight.qdata, table.weight.scale  # (V, D) int8 in the bits' range, (V, D / group)
-        if bits == 4:
-            nibbles = (q + 8).to(torch.uint8).view(vocab_size, dim // 2, 2)
-            q = nibbles[..., 0] * 16 + nibbles[..., 1]  # (V, D / 2)
-        self.bits, self.group_size = bits, group_size
-        self.register_buffer("weight", q)
-        self.register_buffer("scales", scales.float())
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Token ids (B, L) -> embeddings (B, L, D), fp32."""
-        op = torch.ops.quantized_decomposed
-        if self.bits == 8:
-            return op.embedding_byte(self.weight, self.scales, None, -128, 127, tokens)
-        return op.embedding_4bit(self.weight, self.scales, None, -8, 7, tokens)
-
-
-def quantize_embedding_table(model: Transformer, bits: int | None, group_size: int | None = None) -> None:
-    """Replace the token embedding by a QuantizedEmbedding of `bits` (4 or 8; None: leave it fp32).
-
-    group_size: embedding values per scale, a divisor of the model's dim (None: one scale per row).
-    A tied classifier (llama2.c's shared weights) keeps its own fp32 reference to the table, so the
-    output head is untouched (or quantized as a linear by `quantize`).
-    """
-    if bits is None:
-        if group_size is not None:
-            raise ValueError(
-                f"embedding_group_size={group_size} given without quantize_embedding; pass 4 or 8 bits too"
-            )
-        return
-    if bits not in EMBEDDING_BITS:
-        raise ValueError(f"quantize_embedding must be 4 or 8 (bits per weight), got {bits!r}")
-    dim = model.args.dim
-    group = dim if group_size is None else group_size
-    if not (isinstance(group, int) and group >= 1 and dim % group == 0):
-        raise ValueError(
-            f"embedding_group_size={group_size} must be a positive divisor of the model's dim {dim} "
-            "(or None: one scale per row)"
-        )
-    model.tok_embeddings = QuantizedEmbedding(model.tok_embeddings.weight, bits, group)
+from .quantize import quantize_embedding_table, quantize_linears
 
 
 @dataclass
@@ -191,6 +68,24 @@ class ExportReport:
         return f"{self.quantize_embedding}-bit ({group})"
 
 
+def prepare_for_export(
+    model: Transformer, backend: str = "xnnpack", max_seq_len: int | None = None
+) -> Transformer:
+    """A copy of model for export: context max_seq_len, batch-1 KV cache, the backend's transformations."""
+    context = model.args.max_seq_len if max_seq_len is None else max_seq_len
+    if not 1 <= context <= model.args.max_seq_len:
+        raise ValueError(
+            f"max_seq_len={context} must be in 1..{model.args.max_seq_len} (the model's context)"
+        )
+    entry = backend_entry(backend)
+    prepared = Transformer(model.args.replace(max_seq_len=context))
+    prepared.load_state_dict(model.state_dict())
+    prepared.eval().setup_kv_cache()
+    for transform in entry.transforms:
+        transform(prepared)
+    return prepared
+
+
 def _portable_ops(graph_module: torch.fx.GraphModule) -> Counter:
     """Edge ops outside any delegate (getitem of a delegate's outputs is bookkeeping, not an op)."""
     ops = Counter()
@@ -204,7 +99,7 @@ def _portable_ops(graph_module: torch.fx.GraphModule) -> Counter:
 def export_pte(
     model: Transformer,
     out_path: str | Path,
-    design: str = contract.DEFAULT_DESIGN,
+    design: str = designs.DEFAULT_DESIGN,
     backend: str = "xnnpack",
     quantize_scheme: str = "none",
     max_seq_len: int | None = None,
@@ -217,19 +112,19 @@ def export_pte(
     """Export model to a .pte file and report what was delegated, the size and the time taken.
 
     quantize_embedding: 4 or 8 to store the token table weight-only quantized (see
-    `quantize_embedding_table`), in groups of embedding_group_size values (None: one scale per row).
+    `quantize.quantize_embedding_table`), in groups of embedding_group_size values (None: one scale per row).
     """
     from executorch.devtools.backend_debug import get_delegation_info
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
 
     entry = backend_entry(backend)
-    contract.check_design(design)
+    designs.check_design(design)
     out_path = check_output_path(out_path, ".pte")  # before the minutes an export takes
     started = time.perf_counter()
     prepared = prepare_for_export(model, backend, max_seq_len)
     quantize_embedding_table(prepared, quantize_embedding, embedding_group_size)
-    quantized = quantize(prepared, quantize_scheme, group_size)
+    quantized = quantize_linears(prepared, quantize_scheme, group_size)
     program, inputs, dynamic_shapes = program_and_inputs(prepared, design)
     with torch.no_grad():
         exported = torch.export.export(program, inputs, dynamic_shapes=dynamic_shapes, strict=False)

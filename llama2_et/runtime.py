@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from . import contract, integrity
+from . import contract, designs, integrity
 from .preproc import Preproc
 
 SCALAR_TYPES = {4: "int64", 6: "float32"}  # c10::ScalarType codes in MethodMeta's TensorInfo
@@ -62,17 +62,17 @@ class PteDecoder:
             raise ValueError(f"{path} has no 'forward' method; {EXPORT_HINT}")
         self.metadata = self._read_metadata()
         n_inputs = self.method.metadata.num_inputs()
-        self.signature = contract.signature_of(n_inputs)
+        self.signature = designs.signature_of(n_inputs)
         if self.signature is None:
             raise ValueError(
                 f"{path}: forward takes {n_inputs} inputs, but a llama2_et program takes "
-                f"{contract.POSITIONS_INPUTS.describe()} or {contract.PREPROC_INPUTS.describe()}; {EXPORT_HINT}"
+                f"{designs.POSITIONS_INPUTS.describe()} or {designs.PREPROC_INPUTS.describe()}; {EXPORT_HINT}"
             )
         self._check_inputs()
-        self.max_seq_len = int(self.metadata[contract.MAX_SEQ_LEN])
-        self.vocab_size = int(self.metadata[contract.VOCAB_SIZE])
-        self.stop_ids = tuple(int(i) for i in self.metadata.get(contract.EOS_IDS, contract.STOP_IDS))
-        self.preproc = self._preproc() if self.signature is contract.PREPROC_INPUTS else None
+        self.max_seq_len = int(self.metadata[contract.GET_MAX_SEQ_LEN])
+        self.vocab_size = int(self.metadata[contract.GET_VOCAB_SIZE])
+        self.stop_ids = tuple(int(i) for i in self.metadata.get(contract.GET_EOS_IDS, contract.STOP_IDS))
+        self.preproc = self._preproc() if self.signature is designs.PREPROC_INPUTS else None
         self.cached = 0  # positions 0..cached-1 hold this sequence's keys and values
 
     def _read_metadata(self) -> dict[str, object]:
@@ -87,7 +87,7 @@ class PteDecoder:
         values = {}
         for name in names - {"forward"}:
             out = self.program.load_method(name).execute([])
-            values[name] = out[0] if len(out) == 1 and name != contract.EOS_IDS else list(out)
+            values[name] = out[0] if len(out) == 1 and name != contract.GET_EOS_IDS else list(out)
         return values
 
     def _check_inputs(self) -> None:
@@ -105,11 +105,11 @@ class PteDecoder:
 
     def _preproc(self) -> Preproc:
         """The RoPE tables and mask of the preproc design, rebuilt from the program's metadata."""
-        missing = [name for name in contract.PREPROC_METADATA if name not in self.metadata]
+        missing = [name for name in contract.TABLES_METADATA if name not in self.metadata]
         if missing:
             raise ValueError(f"{self.path} lacks the metadata {', '.join(missing)}; {EXPORT_HINT}")
         m = self.metadata
-        return Preproc(int(m[contract.HEAD_DIM]), self.max_seq_len, float(m[contract.ROPE_THETA]))
+        return Preproc(int(m[contract.GET_HEAD_DIM]), self.max_seq_len, float(m[contract.GET_ROPE_THETA]))
 
     def reset(self) -> None:
         """Start a new sequence.

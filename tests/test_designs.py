@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from llama2_et.config import ModelArgs
-from llama2_et.contract import DESIGNS, SIGNATURES
-from llama2_et.designs import PROGRAMS, program_and_inputs
+from llama2_et.designs import DESIGNS, PROGRAMS, SIGNATURES, program_and_inputs
 from llama2_et.export import export_pte, prepare_for_export
 from llama2_et.generate import EagerDecoder, Sampler, generate
 from llama2_et.model import Transformer

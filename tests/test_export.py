@@ -16,9 +16,10 @@ import torch
 from llama2_et import contract
 from llama2_et.__main__ import main
 from llama2_et.checkpoint import save_llama2c_bin
-from llama2_et.export import ExportReport, QuantizedEmbedding, export_pte, prepare_for_export, quantize
+from llama2_et.export import ExportReport, export_pte, prepare_for_export
 from llama2_et.generate import EagerDecoder, Recorder, Sampler, generate, generate_text, teacher_forced
 from llama2_et.model import Transformer
+from llama2_et.quantize import QuantizedEmbedding, quantize_linears
 from llama2_et.runtime import PteDecoder
 
 pytestmark = pytest.mark.slow
@@ -74,7 +75,9 @@ def test_metadata_is_what_executorch_llama_export_writes(exported, one_layer):
         max_context_len=CONTEXT,
         n_layers=args.n_layers,
         vocab_size=args.vocab_size,
-        metadata_str=json.dumps({contract.BOS: contract.BOS_ID, contract.EOS_IDS: list(contract.STOP_IDS)}),
+        metadata_str=json.dumps(
+            {contract.GET_BOS_ID: contract.BOS_ID, contract.GET_EOS_IDS: list(contract.STOP_IDS)}
+        ),
     )
     ours = PteDecoder(exported["xnnpack"].path).metadata
     assert {name: ours[name] for name in theirs} == theirs
@@ -119,7 +122,7 @@ def test_quantized_program_computes_torchao_quantized_model(exported, one_layer,
     # a preproc program: it also copies out the filled prefix of each K and V cache for attention
     assert set(report.portable_ops) <= PORTABLE_OPS_OF_XNNPACK | {"slice_copy.Tensor"}
     reference = prepare_for_export(one_layer, "xnnpack", CONTEXT)
-    quantize(reference, scheme, group)
+    quantize_linears(reference, scheme, group)
     ids = [1, 403, 407, 261, 378]
     expected = cached_logits(reference, ids, 5)
     fp32 = cached_logits(prepare_for_export(one_layer, "xnnpack", CONTEXT), ids, 5)

@@ -129,15 +129,16 @@ def test_export_llm_8da4w_runs_in_our_runtime_near_eager(llm_8da4w, stories260k,
     int4 weights cost a model this small real quality: torchao's 8da4w of stories260K (the one both
     exports use) scores a perplexity about 5% above fp32 eager's on held-out text, hence the 25% bound.
     """
-    from llama2_et.export import prepare_for_export, quantize
+    from llama2_et.export import prepare_for_export
     from llama2_et.model import Transformer
     from llama2_et.quality import held_out_tokens, perplexity
+    from llama2_et.quantize import quantize_linears
 
     assert {"quantization.qmode=8da4w", "quantization.group_size=32"} <= set(llm_8da4w.overrides)
     eager_model = Transformer(stories260k.args.replace(max_seq_len=CONTEXT)).eval()
     eager_model.load_state_dict(stories260k.state_dict())
     torchao_model = prepare_for_export(stories260k, "xnnpack", CONTEXT)
-    quantize(torchao_model, "8da4w", 32)
+    quantize_linears(torchao_model, "8da4w", 32)
     ids, forced = tok512.encode(PROMPT, bos=True), tok512.encode(" there was a little girl named Lily")
     expected = teacher_forced(EagerDecoder(eager_model), ids, forced)
     got = teacher_forced(PteDecoder(llm_8da4w.path), ids, forced)
@@ -158,10 +159,11 @@ def test_our_8da4w_is_no_worse_than_export_llm_s(llm_8da4w, stories260k, tok512)
 
     Both choose each group's scale by HQQ (`quantize`, and export_llm's default).
     """
-    from llama2_et.export import prepare_for_export, quantize
+    from llama2_et.export import prepare_for_export
     from llama2_et.quality import held_out_tokens, perplexity
+    from llama2_et.quantize import quantize_linears
 
     ours = prepare_for_export(stories260k, "xnnpack", CONTEXT)
-    quantize(ours, "8da4w", 32)
+    quantize_linears(ours, "8da4w", 32)
     tokens = held_out_tokens(tok512, 300)
     assert perplexity(EagerDecoder(ours), tokens) <= 1.01 * perplexity(PteDecoder(llm_8da4w.path), tokens)

@@ -10,7 +10,7 @@ Run time: about 6 minutes on 2 busy cores, nearly all of it the three exports.
 import pytest
 import torch
 
-from llama2_et.contract import SIGNATURES
+from llama2_et.designs import SIGNATURES
 from llama2_et.generate import EagerDecoder, Sampler, generate
 from llama2_et.runtime import PteDecoder
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..contract import DEFAULT_DESIGN
+from ..designs import DEFAULT_DESIGN
 from .models import BenchModel
 
 GATHER = DEFAULT_DESIGN  # our default design, which TextLLMRunner runs too: forward(tokens, input_pos)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch
 
-from ..contract import DEFAULT_DESIGN, SIGNATURES
+from ..designs import DEFAULT_DESIGN, SIGNATURES
 from . import BOOK_SCALE, COLORS, arrow, box, canvas, enlarge
 
 ROW_HEIGHT = 1.75  # inches per design
