@@ -19,8 +19,7 @@ import torch
 from .config import ModelArgs
 from .contract import BOS_ID, EOS_ID
 from .files import atomic_write, atomic_write_text, check_output_dir, check_output_path
-from .model import Transformer
-from .preproc import rope_tables
+from .model import Transformer, rope_tables
 
 LLAMA2C_HEADER = struct.Struct("7i")  # dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len
 LLAMA2C_V1_MAGIC = 0x616B3432  # "ak42": llama2.c's newer export versions, which we do not read

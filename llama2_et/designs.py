@@ -1,18 +1,21 @@
 """The three program designs: how an exported program learns the positions of its tokens.
 
-Each wraps a Transformer whose layers hold a KV cache and returns the logits of the last position
-(1, V), as ExecuTorch's own llama export does. contract.py names their inputs; chapters 4 and 5
-tell why there are three:
-- `NarrowProgram`: slices the tables inside the graph at a start read from input_pos.
-- `PreprocProgram`: the caller slices (`Preproc.window`), the graph receives the slices.
-- `GatherProgram`: gathers the rows at input_pos + arange(L), so the slice length is the tokens'
-  own length L, a shape, and every op it feeds stays delegable. The package exports it by default.
+Each is a module whose forward returns the logits of the last position (1, V), as ExecuTorch's own
+llama export does, with the KV cache of the model's layers as mutable state. Chapters 4 and 5 tell
+why there are three; `SIGNATURES` names each one's inputs, which the runtimes tell apart by count.
 
-Attention reads as many cache positions as the mask has columns. In the preproc design that is
-the mask input's width, a shape: a caller that passes the filled columns only (pos + L) makes
-decode read no empty slot, and XNNPACK still runs the attention. The gather design's mask rows
-keep every column: cutting them at input_pos + L would make the width a value read from a tensor,
-which XNNPACK does not delegate.
+- "narrow": `NarrowProgram`, forward(tokens, input_pos): slices the model's RoPE tables and mask
+  with `narrow` at a start read from a tensor. `torch._check` hints make it export, but XNNPACK
+  cannot delegate what the slice feeds.
+- "preproc": `PreprocProgram`, forward(tokens, cos, sin, mask, input_pos): the caller slices
+  (`windows.TableWindows`), the original series' fix. Attention reads as many cache positions as
+  the mask has columns, W: a caller that passes the filled columns only (W = pos + L) makes decode
+  read no empty slot, and XNNPACK still runs the attention.
+- "gather": the Transformer itself, forward(tokens, input_pos): it gathers its table rows at
+  input_pos + arange(L), so their count is the tokens' own length L, a shape rather than a value,
+  and every op it feeds stays delegable. Its mask rows keep all Lm columns, so attention reads the
+  whole cache and masks the empty slots: cutting them at input_pos + L would make the width a value
+  read from a tensor, which XNNPACK does not delegate. The package exports it by default.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from torch import nn
 from torch.export import Dim
 
 from .model import Transformer
-from .preproc import Preproc
+from .windows import TableWindows
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ def check_design(design: str) -> str:
 
 
 class NarrowProgram(nn.Module):
-    """forward(tokens (1, L), input_pos (1,)): `narrow` the tables at the start held in input_pos.
+    """forward(tokens (1, L), input_pos (1,)): `narrow` the model's tables at the start held in input_pos.
 
     `torch._check` bounds tell torch.export the slice stays inside the tables, so it exports; but
     the slice's start is a value read from a tensor, and XNNPACK cannot delegate what it feeds.
@@ -70,25 +73,24 @@ class NarrowProgram(nn.Module):
     def __init__(self, model: Transformer):
         super().__init__()
         self.model = model
-        self.preproc = Preproc.for_model(model.args)
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        seq_len = tokens.shape[1]
+        seq_len, model = tokens.shape[1], self.model
         start = input_pos[0].item()
         torch._check(start >= 0)
-        torch._check(start + seq_len <= self.preproc.max_seq_len)
-        cos = self.preproc.cos.narrow(0, start, seq_len)  # (L, Dh/2)
-        sin = self.preproc.sin.narrow(0, start, seq_len)
-        mask = self.preproc.mask.narrow(0, start, seq_len)  # (L, Lm)
+        torch._check(start + seq_len <= model.args.max_seq_len)
+        cos = model.rope_cos.narrow(0, start, seq_len)  # (L, Dh/2)
+        sin = model.rope_sin.narrow(0, start, seq_len)
+        mask = model.causal_mask.narrow(0, start, seq_len)  # (L, Lm)
         positions = torch.arange(seq_len, dtype=torch.long) + start  # (L,)
-        return self.model.last_logits(tokens, cos, sin, mask, positions)
+        return model.output(model.hidden(tokens, cos, sin, mask, positions)[:, -1, :])  # (1, V)
 
 
 class PreprocProgram(nn.Module):
     """forward(tokens (1, L), cos, sin (L, Dh/2), mask (L, W), input_pos (L,)): sliced by the caller.
 
     Attention reads the first W cache positions, W the mask's width: pos + L when the caller
-    slices the filled columns only (`Preproc.window(..., filled_only=True)`), Lm when it slices all.
+    slices the filled columns only (`TableWindows.window(..., filled_only=True)`), Lm when it slices all.
     """
 
     def __init__(self, model: Transformer):
@@ -103,29 +105,15 @@ class PreprocProgram(nn.Module):
         mask: torch.Tensor,
         input_pos: torch.Tensor,
     ) -> torch.Tensor:
-        return self.model.last_logits(tokens, cos, sin, mask, input_pos)
+        model = self.model
+        return model.output(model.hidden(tokens, cos, sin, mask, input_pos)[:, -1, :])  # (1, V)
 
 
-class GatherProgram(nn.Module):
-    """forward(tokens (1, L), input_pos (1,)): gather the table rows at input_pos + arange(L).
-
-    The mask rows keep all Lm columns, so attention reads the whole cache and masks the empty slots.
-    """
-
-    def __init__(self, model: Transformer):
-        super().__init__()
-        self.model = model
-        self.preproc = Preproc.for_model(model.args)
-
-    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(tokens.shape[1], dtype=torch.long) + input_pos  # (L,)
-        cos = self.preproc.cos.index_select(0, positions)  # (L, Dh/2)
-        sin = self.preproc.sin.index_select(0, positions)
-        mask = self.preproc.mask.index_select(0, positions)  # (L, Lm)
-        return self.model.last_logits(tokens, cos, sin, mask, positions)
-
-
-PROGRAMS = {"narrow": NarrowProgram, "preproc": PreprocProgram, "gather": GatherProgram}
+def program(model: Transformer, design: str) -> nn.Module:
+    """The module to export for a design: a wrapper for narrow and preproc, the model itself for gather."""
+    if check_design(design) == "gather":
+        return model
+    return NarrowProgram(model) if design == "narrow" else PreprocProgram(model)
 
 
 def program_and_inputs(
@@ -135,13 +123,13 @@ def program_and_inputs(
 
     One `Dim` for the token count L (1..max_seq_len) lets one program serve prefill and decode.
     """
-    program = PROGRAMS[check_design(design)](model)
+    module = program(model, design)
     tokens = torch.zeros(1, seq_len, dtype=torch.long)  # (1, L)
     length = Dim("seq_len", min=1, max=model.args.max_seq_len)
     if design == "preproc":
         # the example's mask is narrower than the cache, so export keeps its width a symbol
-        inputs = (tokens, *Preproc.for_model(model.args).window(1, seq_len, filled_only=True))
+        inputs = (tokens, *TableWindows.for_model(model.args).window(1, seq_len, filled_only=True))
         attended = Dim("attended", min=1, max=model.args.max_seq_len)
         mask = {0: length, 1: attended}
-        return program, inputs, ({1: length}, {0: length}, {0: length}, mask, {0: length})
-    return program, (tokens, torch.tensor([0])), ({1: length}, None)
+        return module, inputs, ({1: length}, {0: length}, {0: length}, mask, {0: length})
+    return module, (tokens, torch.tensor([0])), ({1: length}, None)

@@ -19,7 +19,6 @@ import torch
 
 from . import contract
 from .model import Transformer
-from .preproc import Preproc
 
 
 class Decoder(Protocol):
@@ -81,7 +80,6 @@ class EagerDecoder:
         self.model = model.eval()
         if model.layers[0].attention.kv_cache is None:
             model.setup_kv_cache()
-        self.preproc = Preproc.for_model(model.args)
         self.max_seq_len, self.vocab_size = model.args.max_seq_len, model.args.vocab_size
         self.stop_ids = contract.STOP_IDS
 
@@ -90,9 +88,8 @@ class EagerDecoder:
 
     @torch.no_grad()
     def step(self, tokens: list[int], start_pos: int) -> torch.Tensor:
-        cos, sin, mask, input_pos = self.preproc.window(start_pos, len(tokens))
         x = torch.tensor([tokens], dtype=torch.long)  # (1, L)
-        return self.model.last_logits(x, cos, sin, mask, input_pos)[0]  # (V,)
+        return self.model(x, torch.tensor([start_pos]))[0]  # (V,)
 
 
 class NoCacheDecoder:
@@ -100,7 +97,6 @@ class NoCacheDecoder:
 
     def __init__(self, model: Transformer):
         self.model = model.eval()
-        self.preproc = Preproc.for_model(model.args)
         self.max_seq_len, self.vocab_size = model.args.max_seq_len, model.args.vocab_size
         self.stop_ids = contract.STOP_IDS
         self.tokens: list[int] = []
@@ -112,7 +108,7 @@ class NoCacheDecoder:
     def step(self, tokens: list[int], start_pos: int) -> torch.Tensor:
         self.tokens = self.tokens[:start_pos] + list(tokens)
         x = torch.tensor([self.tokens], dtype=torch.long)  # (1, start_pos + L)
-        return self.model.last_logits(x, *self.preproc.full(x.shape[1]))[0]  # (V,)
+        return self.model(x)[0, -1]  # (V,)
 
 
 class Recorder:

@@ -1,8 +1,13 @@
 """LLaMA2 in PyTorch: RMSNorm, RoPE, grouped-query attention, SwiGLU, and the Transformer.
 
-Shapes: B batch, L new tokens, Lk keys attended (L without cache, Lm with the static cache),
-D dim, Nh query heads, Nkv key/value heads, Dh head_dim, F ffn hidden, V vocab.
-The forward pass takes cos/sin/mask already sliced for its positions (see preproc.py).
+Shapes: B batch, L new tokens, Lm max_seq_len, W cache positions attended (L without cache; with
+the static cache, the mask's width: Lm, or the filled prefix pos + L), D dim, Nh query heads,
+Nkv key/value heads, Dh head_dim, F ffn hidden, V vocab.
+
+The Transformer owns its RoPE tables and causal mask (buffers of Lm rows) and takes the positions of
+its tokens: `forward(tokens)` for a whole sequence, `forward(tokens, input_pos)` with the KV cache.
+`hidden(tokens, cos, sin, mask, input_pos)` is the entry point with the tables already sliced, which
+the preproc and narrow program designs (designs.py) feed themselves.
 """
 
 from __future__ import annotations
@@ -13,6 +18,19 @@ from torch import nn
 
 from .config import ModelArgs
 from .kv_cache import KVCache
+
+
+def rope_tables(head_dim: int, max_seq_len: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of position * frequency, each (Lm, Dh/2), for interleaved-pair RoPE."""
+    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2).float() / head_dim))  # (Dh/2,)
+    angles = torch.outer(torch.arange(max_seq_len).float(), freqs)  # (Lm, Dh/2)
+    return torch.cos(angles), torch.sin(angles)
+
+
+def causal_mask(max_seq_len: int) -> torch.Tensor:
+    """Additive mask (Lm, Lm): 0 where query i may attend key j (j <= i), -inf elsewhere."""
+    full = torch.full((max_seq_len, max_seq_len), float("-inf"))
+    return torch.triu(full, diagonal=1)
 
 
 class RMSNorm(nn.Module):
@@ -105,7 +123,7 @@ class TransformerBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    """Token ids (B, L) -> logits (B, L, V). Parameter names follow llama2.c and Meta."""
+    """Token ids (B, L) -> logits. Parameter names follow llama2.c and Meta."""
 
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -117,6 +135,33 @@ class Transformer(nn.Module):
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
         if args.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
+        cos, sin = rope_tables(args.head_dim, args.max_seq_len, args.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)  # (Lm, Dh/2)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.register_buffer("causal_mask", causal_mask(args.max_seq_len), persistent=False)  # (Lm, Lm)
+        # the mask in the form the layers' attention reads, built once per step for every layer:
+        # the identity for `Attention`; a source transformation may swap it (transforms.py)
+        self.layer_mask: nn.Module = nn.Identity()
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits for tokens (B, L) placed at positions input_pos (1,) onward.
+
+        Without input_pos: a whole sequence from position 0, no cache; logits at every position (B, L, V).
+        With it: the keys and values are written into the KV cache and attention reads the cache;
+        logits of the last position only (B, V), all that decoding needs (as ExecuTorch's llama export).
+        """
+        seq_len = tokens.shape[1]
+        if input_pos is None:  # decided at trace time, like the cache branch in Attention
+            cos, sin = self.rope_cos[:seq_len], self.rope_sin[:seq_len]  # (L, Dh/2)
+            return self.output(self.hidden(tokens, cos, sin, self.causal_mask[:seq_len, :seq_len]))
+        if getattr(self.layers[0].attention, "kv_cache", None) is None:
+            raise ValueError("forward(tokens, input_pos) writes the KV cache: call setup_kv_cache() first")
+        # gather the rows of positions input_pos + arange(L): their count is L, a shape, not a value
+        positions = torch.arange(seq_len, dtype=torch.long) + input_pos  # (L,)
+        cos = self.rope_cos.index_select(0, positions)  # (L, Dh/2)
+        sin = self.rope_sin.index_select(0, positions)
+        mask = self.causal_mask.index_select(0, positions)  # (L, Lm): every cache slot, empty ones masked
+        return self.output(self.hidden(tokens, cos, sin, mask, positions)[:, -1, :])
 
     def hidden(
         self,
@@ -126,19 +171,15 @@ class Transformer(nn.Module):
         mask: torch.Tensor,
         input_pos: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Final normed hidden states (B, L, D). input_pos (L,) writes the KV cache; None = no cache."""
+        """Final normed hidden states (B, L, D) from tables already sliced for the tokens' positions.
+
+        cos, sin (L, Dh/2), mask (L, W); input_pos (L,) writes the KV cache (None: no cache).
+        """
         h = self.dropout(self.tok_embeddings(tokens))  # (B, L, D)
+        mask = self.layer_mask(mask)  # once per step, shared by every layer
         for layer in self.layers:
             h = layer(h, cos, sin, mask, input_pos)
         return self.norm(h)
-
-    def forward(self, tokens, cos, sin, mask, input_pos=None) -> torch.Tensor:
-        """Logits for every position (B, L, V)."""
-        return self.output(self.hidden(tokens, cos, sin, mask, input_pos))
-
-    def last_logits(self, tokens, cos, sin, mask, input_pos=None) -> torch.Tensor:
-        """Logits of the last position only (B, V): all that generation needs."""
-        return self.output(self.hidden(tokens, cos, sin, mask, input_pos)[:, -1, :])
 
     def setup_kv_cache(self, batch_size: int = 1) -> Transformer:
         """Attach a static KV cache of max_seq_len positions to every attention layer."""

@@ -5,7 +5,7 @@
 samplers drive eager PyTorch and the exported program, and greedy output matches token for token.
 It serves every program design (contract.py), told apart by their inputs: (tokens, input_pos) for
 the gather and narrow designs, (tokens, cos, sin, mask, input_pos) for the preproc design, for
-which this class slices the RoPE tables and the mask itself (`Preproc`).
+which this class slices the RoPE tables and the mask itself (`TableWindows`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from . import contract, designs, integrity
-from .preproc import Preproc
+from .windows import TableWindows
 
 SCALAR_TYPES = {4: "int64", 6: "float32"}  # c10::ScalarType codes in MethodMeta's TensorInfo
 PTE_MAGIC = b"ET"  # bytes 4..5 of every ExecuTorch program (flatbuffer file identifier "ETnn")
@@ -72,7 +72,7 @@ class PteDecoder:
         self.max_seq_len = int(self.metadata[contract.GET_MAX_SEQ_LEN])
         self.vocab_size = int(self.metadata[contract.GET_VOCAB_SIZE])
         self.stop_ids = tuple(int(i) for i in self.metadata.get(contract.GET_EOS_IDS, contract.STOP_IDS))
-        self.preproc = self._preproc() if self.signature is designs.PREPROC_INPUTS else None
+        self.windows = self._windows() if self.signature is designs.PREPROC_INPUTS else None
         self.cached = 0  # positions 0..cached-1 hold this sequence's keys and values
 
     def _read_metadata(self) -> dict[str, object]:
@@ -103,13 +103,15 @@ class PteDecoder:
                 f"{self.signature.describe()} ({', '.join(expected)}); {EXPORT_HINT}"
             )
 
-    def _preproc(self) -> Preproc:
+    def _windows(self) -> TableWindows:
         """The RoPE tables and mask of the preproc design, rebuilt from the program's metadata."""
         missing = [name for name in contract.TABLES_METADATA if name not in self.metadata]
         if missing:
             raise ValueError(f"{self.path} lacks the metadata {', '.join(missing)}; {EXPORT_HINT}")
         m = self.metadata
-        return Preproc(int(m[contract.GET_HEAD_DIM]), self.max_seq_len, float(m[contract.GET_ROPE_THETA]))
+        return TableWindows(
+            int(m[contract.GET_HEAD_DIM]), self.max_seq_len, float(m[contract.GET_ROPE_THETA])
+        )
 
     def reset(self) -> None:
         """Start a new sequence.
@@ -141,11 +143,11 @@ class PteDecoder:
         if bad:
             raise ValueError(f"token ids {bad[:5]} are outside the vocabulary 0..{self.vocab_size - 1}")
         x = torch.tensor([tokens], dtype=torch.long)  # (1, L)
-        if self.preproc is None:
+        if self.windows is None:
             inputs = [x, torch.tensor([start_pos], dtype=torch.long)]
         else:
             # cos, sin (L, Dh/2), mask (L, pos + L): attention reads the filled cache only, input_pos (L,)
-            inputs = [x, *self.preproc.window(start_pos, n, filled_only=True)]
+            inputs = [x, *self.windows.window(start_pos, n, filled_only=True)]
         try:
             logits = self.method.execute(inputs)[0]  # (1, V)
         except RuntimeError as exc:

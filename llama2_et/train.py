@@ -1,8 +1,8 @@
 """Train a LLaMA2 on TinyStories: AdamW, warmup + cosine decay, clipping, accumulation, resume, DDP.
 
 One process: `python -m llama2_et train`. Several: `torchrun --nproc_per_node N -m llama2_et train`
-(DistributedDataParallel, gloo on CPU, nccl on GPU). The model is the core `Transformer`, fed
-by `Preproc.full(L)` as in every other full-sequence use.
+(DistributedDataParallel, gloo on CPU, nccl on GPU). The model is the core `Transformer`: `model(x)`
+reads a whole sequence from position 0 with its own RoPE tables and causal mask.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from .data import (
 )
 from .files import atomic_write, check_output_dir
 from .model import Transformer
-from .preproc import Preproc
 from .tokenizer import Tokenizer
 
 CHECKPOINT_KEYS = ("model", "model_args", "optimizer", "iter_num", "config", "history", "rng_states")
@@ -200,7 +199,6 @@ def train_step(
     step: int,
     cfg: TrainConfig,
     ctx: Distributed,
-    rope_and_mask: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
 ) -> float:
     """One optimizer step: the step's learning rate, gradients of cfg.grad_accum micro-batches, clipping,
     the AdamW update; returns the step's training loss (nats/token, the mean over processes)."""
@@ -214,7 +212,7 @@ def train_step(
         x, y = x.to(ctx.device), y.to(ctx.device)  # (B, L) each, y = x shifted by one token
         last = micro == cfg.grad_accum - 1
         with net.no_sync() if ddp and not last else nullcontext():  # all-reduce once per step
-            logits = net(x, *rope_and_mask)  # (B, L, V)
+            logits = net(x)  # (B, L, V)
             loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())  # mean over B * L predictions
             (loss / cfg.grad_accum).backward()
         loss_sum += loss.detach()
@@ -227,7 +225,7 @@ def train_step(
 
 @torch.no_grad()
 def evaluate(
-    model: Transformer, preproc: Preproc, x: torch.Tensor, y: torch.Tensor, batch_size: int, ctx: Distributed
+    model: Transformer, x: torch.Tensor, y: torch.Tensor, batch_size: int, ctx: Distributed
 ) -> float:
     """Mean cross-entropy (nats/token) over windows x, y (N, L), split across processes."""
     model.eval()
@@ -235,7 +233,7 @@ def evaluate(
     rows = torch.arange(ctx.rank, len(x), ctx.world_size)
     for i in range(0, len(rows), batch_size):
         xb, yb = x[rows[i : i + batch_size]].to(ctx.device), y[rows[i : i + batch_size]].to(ctx.device)
-        logits = model(xb, *preproc.full(xb.shape[1]))  # (B, L, V)
+        logits = model(xb)  # (B, L, V)
         total[0] += F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="sum").double()
         total[1] += yb.numel()
     model.train()
@@ -432,8 +430,6 @@ def _train(cfg: TrainConfig, ctx: Distributed, progress: bool, started: float) -
         log(f"resumed from {checkpoint_path} at step {step}")
     log(f"model: {param_count(args):,} parameters, {args}")
 
-    preproc = Preproc.for_model(args).to(ctx.device)
-    cos, sin, mask = preproc.full(args.max_seq_len)
     ddp = ctx.world_size > 1
     net = nn.parallel.DistributedDataParallel(model) if ddp else model
     stop = min(cfg.max_steps, cfg.stop_at_step or cfg.max_steps)
@@ -459,14 +455,14 @@ def _train(cfg: TrainConfig, ctx: Distributed, progress: bool, started: float) -
     bar = tqdm(total=cfg.max_steps, initial=step, desc="train", disable=not (progress and ctx.is_main))
     while step < stop:
         tick = time.perf_counter()
-        train_loss = train_step(net, optimizer, train_batches, step, cfg, ctx, (cos, sin, mask))
+        train_loss = train_step(net, optimizer, train_batches, step, cfg, ctx)
         tokens_per_s = tokens_per_step / (time.perf_counter() - tick)
         history["step"].append(step)
         history["train_loss"].append(train_loss)
         history["lr"].append(optimizer.param_groups[0]["lr"])
         step += 1
         if step % cfg.eval_interval == 0 or step == stop:
-            val_loss = evaluate(model, preproc, val_x, val_y, cfg.batch_size, ctx)
+            val_loss = evaluate(model, val_x, val_y, cfg.batch_size, ctx)
             history["val_step"].append(step)
             history["val_loss"].append(val_loss)
             log(

@@ -71,7 +71,8 @@ class MatmulAttention(nn.Module):
     - Attention reads the first W cache positions, W the mask's width (pos + L for a filled-prefix
       mask, Lm for a whole-cache one), so no empty slot is multiplied or softmaxed.
     The cache is written with index_copy_ and its first W positions copied out with slice_copy
-    (portable kernels, side by side): the only break per layer.
+    (portable kernels, side by side): the only break per layer. The mask arrives with its rows
+    already stacked for the query heads of a group (`GroupMask`), once per step for every layer.
     """
 
     def __init__(self, attn: Attention, max_seq_len: int):
@@ -106,18 +107,34 @@ class MatmulAttention(nn.Module):
         k = self.rope(self.wk(x), cos, sin, self.expand_k)  # (1, L, Nkv*Dh)
         v = self.wv(x)
         attended = mask.shape[-1]  # the mask's width: the filled prefix pos + L, or the whole cache
+        # mask: (rep*L, W), built once per step by the model's layer_mask (`GroupMask`)
         keys, values = self.kv_cache.update(
             input_pos, k.view(-1, nkv, dh), v.view(-1, nkv, dh), attended
         )  # (Nkv, Dh, W), (Nkv, W, Dh)
         q = q.view(-1, nkv, rep, dh).permute(1, 2, 0, 3).contiguous().view(nkv, -1, dh)  # (Nkv, rep*L, Dh)
-        rows = mask if rep == 1 else torch.cat([mask] * rep)  # (rep*L, W): row r*L + l is mask[l]
-        probs = torch.softmax(torch.bmm(q, keys) + rows, dim=-1)  # (Nkv, rep*L, W)
+        probs = torch.softmax(torch.bmm(q, keys) + mask, dim=-1)  # (Nkv, rep*L, W)
         out = torch.bmm(probs, values)  # (Nkv, rep*L, Dh)
         out = out.view(nkv, rep, -1, dh).permute(2, 0, 1, 3).contiguous().view(1, -1, nh * dh)  # (1, L, D)
         return self.wo(out)
+
+
+class GroupMask(nn.Module):
+    """The mask (L, W) stacked once per query head of a group: (rep*L, W), row r*L + l is mask[l].
+
+    `MatmulAttention` stacks a group's query heads as rows of one matmul, so each needs the mask's
+    rows repeated; the model builds them once per step and every layer reads the same tensor.
+    """
+
+    def __init__(self, n_rep: int):
+        super().__init__()
+        self.n_rep = n_rep
+
+    def forward(self, mask: torch.Tensor) -> torch.Tensor:
+        return mask if self.n_rep == 1 else torch.cat([mask] * self.n_rep)  # (rep*L, W)
 
 
 def attention_as_matmuls(model: Transformer) -> None:
     """Why: XNNPACK delegates linear, bmm and softmax, not repeat_interleave, SDPA or RoPE's pair reshapes."""
     for layer in model.layers:
         layer.attention = MatmulAttention(layer.attention, model.args.max_seq_len)
+    model.layer_mask = GroupMask(model.args.n_heads // model.args.kv_heads)

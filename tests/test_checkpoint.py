@@ -24,13 +24,12 @@ from llama2_et.checkpoint import (
     to_hf,
 )
 from llama2_et.model import Transformer
-from llama2_et.preproc import Preproc
 
 
 def logits(model, n=16):
     tokens = torch.arange(n)[None] % model.args.vocab_size
     with torch.no_grad():
-        return model(tokens, *Preproc.for_model(model.args).full(n))
+        return model(tokens)
 
 
 REPO = Path(__file__).resolve().parents[1]

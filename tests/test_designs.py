@@ -1,22 +1,24 @@
-"""designs.py: the three program designs compute the same logits as the eager model with preproc slicing.
+"""designs.py: the three program designs compute the same logits as the eager model with its cache.
 
-Reference: the eager Transformer fed by `Preproc.window` over the whole cache (checked against
+Reference: the eager Transformer, forward(tokens, input_pos), over the whole cache (checked against
 transformers' Llama in test_model.py), prefill then decode to the last position of the cache.
 The preproc design, fed filled-prefix masks, attends pos + L cache positions only; every backend's
 prepared model and the exported .pte must still agree with the reference.
 Run time: a few seconds, plus about a minute per exported program for the slow tests.
 """
 
+import inspect
+
 import pytest
 import torch
 
 from llama2_et.config import ModelArgs
-from llama2_et.designs import DESIGNS, PROGRAMS, SIGNATURES, program_and_inputs
+from llama2_et.designs import DESIGNS, SIGNATURES, program, program_and_inputs
 from llama2_et.export import export_pte, prepare_for_export
 from llama2_et.generate import EagerDecoder, Sampler, generate
 from llama2_et.model import Transformer
-from llama2_et.preproc import Preproc
 from llama2_et.runtime import PteDecoder
+from llama2_et.windows import TableWindows
 
 GQA = ModelArgs(dim=64, n_layers=2, n_heads=8, n_kv_heads=4, vocab_size=97, max_seq_len=32)
 PROMPT = [1, 40, 7, 33, 90, 12, 5, 61, 8]
@@ -35,7 +37,9 @@ def eager_logits(model: Transformer, prompt: list[int]) -> tuple[list[int], list
     return tokens, replayed(decoder.step, prompt, tokens)
 
 
-def inputs_at(design: str, pre: Preproc, tokens: list[int], start: int, filled_only: bool = True) -> tuple:
+def inputs_at(
+    design: str, pre: TableWindows, tokens: list[int], start: int, filled_only: bool = True
+) -> tuple:
     """A design's forward inputs for tokens at positions start..: the preproc design's mask as asked."""
     x = torch.tensor([tokens])  # (1, L)
     if design == "preproc":
@@ -59,7 +63,7 @@ def test_design_equals_eager_to_the_last_cache_position(design, backend):
     prepared = prepare_for_export(reference, backend)
     program, example, _ = program_and_inputs(prepared, design)
     assert len(example) == len(SIGNATURES[design].names)
-    pre = Preproc.for_model(GQA)
+    pre = TableWindows.for_model(GQA)
     with torch.no_grad():
         got = replayed(lambda ids, start: program(*inputs_at(design, pre, ids, start))[0], PROMPT, tokens)
     assert len(got) == len(expected) == GQA.max_seq_len - len(PROMPT) + 1  # the last step at position Lm - 1
@@ -71,7 +75,7 @@ def test_preproc_design_accepts_the_whole_cache_mask_too():
     """A caller that slices the mask over every cache slot (L, Lm) gets the same logits."""
     model = prepare_for_export(random_model(), "xnnpack")
     program, _, _ = program_and_inputs(model, "preproc")
-    pre = Preproc.for_model(GQA)
+    pre = TableWindows.for_model(GQA)
     with torch.no_grad():
         narrow = [program(*inputs_at("preproc", pre, PROMPT, 0)), program(*inputs_at("preproc", pre, [3], 9))]
         model.reset_kv_cache()
@@ -93,13 +97,17 @@ def test_attention_reads_as_many_cache_positions_as_the_mask_has_columns():
     assert cache.update(torch.tensor([9]), k, v, GQA.max_seq_len)[0] is cache.k_cache  # no copy
 
 
-def test_every_design_has_one_program_class():
-    assert set(PROGRAMS) == set(DESIGNS)
+def test_every_design_has_one_program_taking_its_signature():
+    model = Transformer(GQA)
+    for design in DESIGNS:
+        params = inspect.signature(program(model, design).forward).parameters
+        assert tuple(params) == SIGNATURES[design].names
+    assert program(model, "gather") is model  # the gather program is the model itself
     with pytest.raises(ValueError, match="unknown design 'fused'; choose one of narrow, preproc, gather"):
         program_and_inputs(Transformer(GQA), "fused")
 
 
-def pte_step(decoder: PteDecoder, design: str, pre: Preproc):
+def pte_step(decoder: PteDecoder, design: str, pre: TableWindows):
     """A step of the .pte through its method, the preproc design fed filled-prefix masks."""
 
     def step(ids: list[int], start: int) -> torch.Tensor:
@@ -118,7 +126,7 @@ def test_exported_program_equals_eager_to_the_last_cache_position(design, backen
     tokens, expected = eager_logits(model, PROMPT)
     decoder = PteDecoder(export_pte(model, tmp_path / "m.pte", design=design, backend=backend).path)
     decoder.reset()
-    got = replayed(pte_step(decoder, design, Preproc.for_model(GQA)), PROMPT, tokens)
+    got = replayed(pte_step(decoder, design, TableWindows.for_model(GQA)), PROMPT, tokens)
     assert len(got) == len(expected)
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
@@ -136,3 +144,16 @@ def test_long_context_program_runs_to_its_last_position(tmp_path):
     assert decoder.cached == args.max_seq_len
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_the_mask_is_built_once_per_step_for_every_layer(tmp_path):
+    """The gather program on XNNPACK stacks the mask rows for a group's query heads once, not per layer."""
+    from llama2_et.figures.program import forward_plan, planned_tensors, read_pte
+
+    report = export_pte(random_model(), tmp_path / "m.pte", backend="xnnpack")
+    assert report.portable_ops["cat"] == 1 < GQA.n_layers
+    rep = GQA.n_heads // GQA.n_kv_heads
+    stacked = (rep * GQA.max_seq_len, GQA.max_seq_len)  # (rep*L, Lm) at L = Lm, the planned bound
+    plan = forward_plan(read_pte(report.path).program)
+    assert sum(t.sizes == stacked for t in planned_tensors(plan)) == 1

@@ -13,10 +13,11 @@ import pytest
 from matplotlib.figure import Figure
 
 from llama2_et.config import ModelArgs, preset
-from llama2_et.designs import PROGRAMS
+from llama2_et.designs import DESIGNS, program
 from llama2_et.figures.architecture import decoder_diagram
 from llama2_et.figures.cache import WRITTEN, cache_steps
 from llama2_et.figures.designs import design_flows
+from llama2_et.model import Transformer
 
 
 def texts(fig: Figure) -> list[str]:
@@ -116,11 +117,14 @@ def test_design_flows_names_each_design_and_its_inputs():
     fig = design_flows()
     assert isinstance(fig, Figure)
     drawn = texts(fig)
-    for name, program in PROGRAMS.items():
-        assert f"{name}: {program.__name__}" in drawn
-        inputs = list(inspect.signature(program.forward).parameters)[1:]  # without self
+    model = Transformer(ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=8, max_seq_len=4))
+    for name in DESIGNS:
+        module = program(model, name)
+        label = "the Transformer itself" if module is model else type(module).__name__
+        assert f"{name}: {label}" in drawn
+        inputs = list(inspect.signature(module.forward).parameters)
         assert any(t.startswith(f".pte  forward({', '.join(inputs)})") for t in drawn), (name, inputs)
     joined = "\n".join(drawn)
-    assert "narrow(cos, sin,\nmask, start, L)" in joined and "Preproc.window(p, L)" in joined
+    assert "narrow(cos, sin,\nmask, start, L)" in joined and "TableWindows.window(p, L)" in joined
     assert "index_select(cos,\nsin, mask, positions)" in joined
     assert sum("(the default)" in t for t in drawn) == 1

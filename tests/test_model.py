@@ -6,7 +6,7 @@ import torch
 from llama2_et.checkpoint import from_hf_state_dict, to_hf
 from llama2_et.config import ModelArgs, param_count
 from llama2_et.model import Transformer
-from llama2_et.preproc import Preproc
+from llama2_et.windows import TableWindows
 
 transformers = pytest.importorskip("transformers")
 
@@ -43,7 +43,7 @@ def test_logits_equal_transformers_llama_with_gqa():
     model.load_state_dict(from_hf_state_dict(hf.state_dict(), args))
     tokens = torch.randint(0, args.vocab_size, (2, 17), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        ours = model(tokens, *Preproc.for_model(args).full(17))
+        ours = model(tokens)
         theirs = hf(tokens).logits
     assert ours.shape == theirs.shape == (2, 17, args.vocab_size)
     assert (ours - theirs).abs().max() <= 1e-4
@@ -55,7 +55,7 @@ def test_to_hf_round_trip_gives_transformers_the_same_logits(stories260k):
     hf.load_state_dict(state, strict=False)
     tokens = torch.randint(0, 512, (1, 40), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        ours = stories260k(tokens, *Preproc.for_model(stories260k.args).full(40))
+        ours = stories260k(tokens)
         theirs = hf(tokens).logits
     assert (ours - theirs).abs().max() <= 1e-4
 
@@ -63,15 +63,29 @@ def test_to_hf_round_trip_gives_transformers_the_same_logits(stories260k):
 def test_cached_prefill_and_decode_equal_uncached_logits():
     torch.manual_seed(0)
     model = Transformer(GQA).eval()
-    pre = Preproc.for_model(GQA)
     tokens = torch.randint(0, GQA.vocab_size, (1, 20))
     with torch.no_grad():
-        full = model(tokens, *pre.full(20))  # (1, 20, V)
+        full = model(tokens)  # (1, 20, V)
         model.setup_kv_cache()
-        steps = [model(tokens[:, :12], *pre.window(0, 12))]  # prefill 12
-        steps += [model(tokens[:, i : i + 1], *pre.window(i, 1)) for i in range(12, 20)]  # decode 8
-    cached = torch.cat(steps, dim=1)
-    assert (cached - full).abs().max() <= 1e-4
+        steps = [model(tokens[:, :12], torch.tensor([0]))]  # prefill 12: logits after token 11, (1, V)
+        steps += [model(tokens[:, i : i + 1], torch.tensor([i])) for i in range(12, 20)]  # decode 8
+    cached = torch.stack(steps, dim=1)  # (1, 9, V): after tokens 11..19
+    assert (cached - full[:, 11:]).abs().max() <= 1e-4
+
+
+def test_explicit_tables_equal_the_model_own():
+    """hidden() fed TableWindows' slices (the preproc design's caller) equals forward's own tables."""
+    torch.manual_seed(0)
+    model = Transformer(GQA).eval()
+    tokens = torch.randint(0, GQA.vocab_size, (1, 20))
+    with torch.no_grad():
+        explicit = model.output(model.hidden(tokens, *TableWindows.for_model(GQA).full(20)))
+        assert torch.equal(explicit, model(tokens))
+
+
+def test_cached_forward_without_a_cache_is_refused():
+    with pytest.raises(ValueError, match="setup_kv_cache"):
+        Transformer(GQA)(torch.tensor([[1, 2]]), torch.tensor([0]))
 
 
 def test_param_count_matches_module():
@@ -82,6 +96,6 @@ def test_param_count_matches_module():
 
 
 def test_window_outside_context_is_refused():
-    pre = Preproc.for_model(GQA)
+    pre = TableWindows.for_model(GQA)
     with pytest.raises(ValueError, match="max_seq_len"):
         pre.window(30, 3)

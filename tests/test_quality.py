@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from llama2_et.__main__ import main
 from llama2_et.generate import EagerDecoder
 from llama2_et.model import Transformer
-from llama2_et.preproc import Preproc
 from llama2_et.quality import held_out_stories, held_out_tokens, perplexity
 
 N_TOKENS = 300  # three windows of the 128-position test programs (overlapping by one token)
@@ -36,7 +35,7 @@ def with_context(model: Transformer, context: int) -> Transformer:
 def full_forward_nll(model: Transformer, window: list[int]) -> torch.Tensor:
     """NLL of window[1:], from one uncached forward pass over the window and PyTorch's cross_entropy."""
     x = torch.tensor([window])  # (1, L)
-    logits = model(x, *Preproc.for_model(model.args).full(len(window)))[0]  # (L, V)
+    logits = model(x)[0]  # (L, V)
     return F.cross_entropy(logits[:-1].double(), x[0, 1:], reduction="none")  # (L - 1,)
 
 

@@ -18,7 +18,6 @@ from llama2_et.checkpoint import CheckpointError, load_checkpoint
 from llama2_et.config import ModelArgs
 from llama2_et.data import SAMPLE, bigram_entropy, open_shard, read_stories, unigram_entropy
 from llama2_et.model import Transformer
-from llama2_et.preproc import Preproc
 from llama2_et.train import TrainConfig, init_weights, lr_at, make_optimizer, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,7 +102,7 @@ def test_initial_loss_is_uniform_over_the_vocabulary():
     init_weights(model)
     tokens = torch.randint(0, 512, (4, 65))
     with torch.no_grad():
-        logits = model(tokens[:, :-1], *Preproc.for_model(args).full(64))
+        logits = model(tokens[:, :-1])
     loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
     assert loss.item() == pytest.approx(math.log(512), abs=0.05)
 
@@ -133,8 +132,8 @@ def test_resume_continues_the_uninterrupted_run_exactly(tiny, capsys):
     from_bin = load_checkpoint(second.llama2c_bin)
     tokens = torch.arange(32)[None] * 7 % 512
     with torch.no_grad():
-        expected = model(tokens, *Preproc.for_model(model.args).full(32))
-        assert torch.equal(from_bin(tokens, *Preproc.for_model(from_bin.args).full(32)), expected)
+        expected = model(tokens)
+        assert torch.equal(from_bin(tokens), expected)
     assert second.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     val_tokens = np.concatenate([open_shard(s) for s in second.data.val_shards])
     assert (second.unigram_entropy, second.bigram_entropy) == (

@@ -1,6 +1,6 @@
 """The static KV cache call by call: which slots a call writes, and which slots its queries may read.
 
-The slots and the mask come from the package itself (`Preproc.window`), so the figure shows what
+The slots and the mask come from the package itself (`TableWindows.window`), so the figure shows what
 the model does: a prefill of L tokens, then decode steps of one token each.
 """
 
@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from ..preproc import Preproc
+from ..windows import TableWindows
 from . import BOOK_SCALE, COLORS, enlarge
 
 EMPTY, READ, WRITTEN = "white", COLORS["cache"], "#74c476"  # cache slot: never written, earlier, now
@@ -22,10 +22,10 @@ def _cell(ax, col: float, row: float, face: str, text: str = "", **text_kw) -> N
         ax.text(col + 0.5, row + 0.5, text, ha="center", va="center", **{"fontsize": 7, **text_kw})
 
 
-def _panel(ax, title: str, start_pos: int, seq_len: int, preproc: Preproc, rows: int) -> None:
+def _panel(ax, title: str, start_pos: int, seq_len: int, windows: TableWindows, rows: int) -> None:
     """One call: the cache row (slots written before, written now, empty) above its mask rows."""
-    _, _, mask, input_pos = preproc.window(start_pos, seq_len)  # mask (L, Lm), input_pos (L,)
-    n_slots = preproc.max_seq_len
+    _, _, mask, input_pos = windows.window(start_pos, seq_len)  # mask (L, Lm), input_pos (L,)
+    n_slots = windows.max_seq_len
     written_now = set(input_pos.tolist())
     for slot in range(n_slots):
         face = WRITTEN if slot in written_now else READ if slot < start_pos else EMPTY
@@ -58,13 +58,13 @@ def cache_steps(prompt_len: int = 4, decode_steps: int = 2, max_seq_len: int = 8
             f"a prefill of {prompt_len} tokens and {decode_steps} decode steps do not fit "
             f"{max_seq_len} cache slots; choose prompt_len >= 1 and prompt_len + decode_steps <= max_seq_len"
         )
-    preproc = Preproc(head_dim=2, max_seq_len=max_seq_len)
+    windows = TableWindows(head_dim=2, max_seq_len=max_seq_len)
     calls = [(f"prefill: L = {prompt_len}", 0, prompt_len)]
     calls += [(f"decode step {i + 1}: L = 1", prompt_len + i, 1) for i in range(decode_steps)]
     width = 2.45 * len(calls)
     fig, axes = plt.subplots(1, len(calls), figsize=(width, 0.27 * (prompt_len + 3) + 0.4), squeeze=False)
     for ax, (title, start_pos, seq_len) in zip(axes[0], calls, strict=True):
-        _panel(ax, title, start_pos, seq_len, preproc, rows=prompt_len)
+        _panel(ax, title, start_pos, seq_len, windows, rows=prompt_len)
     fig.tight_layout(w_pad=0.4, rect=(0, 0.1, 1, 1))
     fig.text(
         0.5,

@@ -81,7 +81,7 @@ def _narrow(ax, y: float) -> None:
 def _preproc(ax, y: float) -> None:
     _program_frame(ax, y, "preproc")
     _tokens(ax, y)
-    _slice_box(ax, 0.1, y + 0.2, 1.55, 0.5, "Preproc.window(p, L)\nin the caller")
+    _slice_box(ax, 0.1, y + 0.2, 1.55, 0.5, "TableWindows.window(p, L)\nin the caller")
     box(
         ax,
         2.45,
@@ -110,7 +110,7 @@ def _gather(ax, y: float) -> None:
 DESIGN_ROWS = {
     "narrow": ("narrow: NarrowProgram", _narrow),
     "preproc": ("preproc: PreprocProgram", _preproc),
-    "gather": ("gather: GatherProgram", _gather),
+    "gather": ("gather: the Transformer itself", _gather),
 }
 
 

@@ -1,45 +1,30 @@
-"""RoPE tables, causal masks, and the position-dependent slicing of both: the preproc step.
+"""Windows of the RoPE tables and the causal mask, sliced by the caller: the preproc design's step.
 
 Slicing a table at a position held in a tensor is data-dependent. In 2023 torch.export could not
-do it inside the model, so the original series moved it here, in front of the model: the model
-receives cos/sin/mask already sliced for its positions (the "preproc" design, designs.py).
-Eager generation and training use the same step.
+do it inside the model, so the original series moved it in front of the model: the program of the
+"preproc" design (designs.py) receives cos/sin/mask already sliced for its positions, and its
+runtimes slice them with `TableWindows`. The model itself owns the same tables (model.py) and
+slices them in its own forward.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from .config import ModelArgs
+from .model import causal_mask, rope_tables
 
 
-def rope_tables(head_dim: int, max_seq_len: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of position * frequency, each (Lm, Dh/2), for interleaved-pair RoPE."""
-    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2).float() / head_dim))  # (Dh/2,)
-    angles = torch.outer(torch.arange(max_seq_len).float(), freqs)  # (Lm, Dh/2)
-    return torch.cos(angles), torch.sin(angles)
-
-
-def causal_mask(max_seq_len: int) -> torch.Tensor:
-    """Additive mask (Lm, Lm): 0 where query i may attend key j (j <= i), -inf elsewhere."""
-    full = torch.full((max_seq_len, max_seq_len), float("-inf"))
-    return torch.triu(full, diagonal=1)
-
-
-class Preproc(nn.Module):
-    """Holds the full tables and slices them for a window of positions, outside the model."""
+class TableWindows:
+    """The full RoPE tables and causal mask of a context, sliced for a window of positions."""
 
     def __init__(self, head_dim: int, max_seq_len: int, rope_theta: float = 10000.0):
-        super().__init__()
         self.max_seq_len = max_seq_len
-        cos, sin = rope_tables(head_dim, max_seq_len, rope_theta)
-        self.register_buffer("cos", cos, persistent=False)  # (Lm, Dh/2)
-        self.register_buffer("sin", sin, persistent=False)
-        self.register_buffer("mask", causal_mask(max_seq_len), persistent=False)  # (Lm, Lm)
+        self.cos, self.sin = rope_tables(head_dim, max_seq_len, rope_theta)  # (Lm, Dh/2)
+        self.mask = causal_mask(max_seq_len)  # (Lm, Lm)
 
     @classmethod
-    def for_model(cls, args: ModelArgs) -> Preproc:
+    def for_model(cls, args: ModelArgs) -> TableWindows:
         """The tables of a model's head_dim, context and RoPE theta."""
         return cls(args.head_dim, args.max_seq_len, args.rope_theta)
 
