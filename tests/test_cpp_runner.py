@@ -23,7 +23,7 @@ from executorch.exir import to_edge_transform_and_lower
 
 from llama2_et import contract, designs
 from llama2_et.checkpoint import load_checkpoint
-from llama2_et.cpp import build_runner
+from llama2_et.cpp import build_runner, executorch_cmake_dir
 from llama2_et.cpp.build import GENERATED_DIR, contract_header
 from llama2_et.generate import EagerDecoder, Sampler, generate, generate_text
 from llama2_et.tokenizer import Tokenizer
@@ -145,6 +145,30 @@ def test_generated_contract_header_holds_the_contract(runner):
     assert (
         runner.parent / GENERATED_DIR / "contract.h"
     ).read_text() == header  # what the runner was built with
+
+
+# The ExecuTorch thread pool members program.cpp declares itself (the wheel ships no threadpool.h).
+THREADPOOL_SYMBOLS = {
+    "_ZN10executorch9extension10threadpool14get_threadpoolEv",  # get_threadpool()
+    "_ZNK10executorch9extension10threadpool10ThreadPool16get_thread_countEv",  # get_thread_count() const
+    "_ZN10executorch9extension10threadpool10ThreadPool24_unsafe_reset_threadpoolEj",  # (uint32_t)
+}
+
+
+def dynamic_symbols(path: Path, which: str) -> set[str]:
+    result = subprocess.run(["nm", "-D", which, str(path)], capture_output=True, text=True, check=True)
+    return {line.split()[-1] for line in result.stdout.splitlines() if line.strip()}
+
+
+def test_thread_pool_declarations_match_the_wheel(runner):
+    """The runner needs exactly the thread pool symbols program.cpp declares, and the wheel's .so
+    defines each: a mangled name carries the parameters, so a wheel that changes them fails here."""
+    if shutil.which("nm") is None:
+        pytest.skip("nm (binutils) is not installed")
+    library = executorch_cmake_dir().parents[1] / "lib" / "libexecutorch_threadpool.so"
+    needed = {s for s in dynamic_symbols(runner, "--undefined-only") if "threadpool" in s}
+    assert needed == THREADPOOL_SYMBOLS
+    assert THREADPOOL_SYMBOLS <= dynamic_symbols(library, "--defined-only")
 
 
 def test_runner_stops_at_the_programs_eos_ids(runner, stories260k_eos_pte, data_dir):

@@ -24,8 +24,12 @@ using executorch::runtime::EValue;
 using executorch::runtime::MethodMeta;
 using executorch::runtime::Span;
 
-// The wheel ships libexecutorch_threadpool.so, the pool XNNPACK computes on, without its header
-// (extension/threadpool/threadpool.h): the members used here, declared as that header declares them.
+// The wheel ships libexecutorch_threadpool.so, the pool XNNPACK computes on, but of its headers only
+// threadpool_guard.h, not threadpool.h: the members used here are declared as ExecuTorch 1.5's
+// threadpool.h declares them. The ABI risk: a wheel that renames them or changes their parameters
+// breaks the link, and tests/test_cpp_runner.py checks their mangled names in the shipped .so; a
+// changed return type or class layout is invisible to both (C++ mangling omits return types), and
+// only calling them as `--threads` does catches it.
 namespace executorch::extension::threadpool {
 class ThreadPool final {
  public:
