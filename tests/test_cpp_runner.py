@@ -262,6 +262,17 @@ def whitespace_corpus(n_random: int) -> list[str]:
     return texts
 
 
+ILL_FORMED_UTF8 = [  # lone, cut, overlong, surrogate and past-U+10FFFF bytes among good characters
+    b"\xff\xfe abc",
+    b"ok \xc3 cut",
+    b"\xe6\x9d\xb1\xe4",
+    b"\xc0\xaf \xe0\x80\x80 \xe0\xa0\x80",
+    b"\xed\xa0\x80 \xed\x9f\xbf",
+    b"\xf0\x8f\xbf\xbf \xf0\x90\x80\x80 \xf4\x8f\xbf\xbf \xf4\x90\x80\x80 \xf5\x80",
+    b"\x80\xbf Once  \xe2\x96\x81\xff upon",
+]
+
+
 @pytest.mark.parametrize("tokenizer", ["tok512", "tokenizer"])
 def test_encoding_equals_sentencepiece(runner, data_dir, tokenizer):
     """The runner continues the prompt Python encodes: same ids as sentencepiece, whitespace included."""
@@ -280,6 +291,19 @@ def test_encoding_equals_sentencepiece(runner, data_dir, tokenizer):
         result = run(runner, *args)
         assert result.returncode == 0, result.stderr
         assert [int(t) for t in result.stdout.split()] == reference.encode(text), repr(text)
+    for text in ILL_FORMED_UTF8:  # a prompt from argv need not be UTF-8; sentencepiece reads U+FFFD
+        args = [
+            "--tokenizer",
+            data_dir / f"{tokenizer}.bin",
+            "--prompt",
+            text,
+            "--steps",
+            "0",
+            "--print-tokens",
+        ]
+        result = subprocess.run([runner, *args], capture_output=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert [int(t) for t in result.stdout.split()] == [contract.BOS_ID, *reference.sp.encode(text)], text
 
 
 def test_long_prompt_is_rejected_quickly(runner, ptes, data_dir, pte_context):
