@@ -6,6 +6,7 @@ in both program designs.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -20,9 +21,10 @@ import pytest
 import torch
 from executorch.exir import to_edge_transform_and_lower
 
-from llama2_et import contract
+from llama2_et import contract, designs
 from llama2_et.checkpoint import load_checkpoint
-from llama2_et.cpp import SOURCE_DIR, build_runner
+from llama2_et.cpp import build_runner, executorch_cmake_dir
+from llama2_et.cpp.build import GENERATED_DIR, contract_header
 from llama2_et.generate import EagerDecoder, Sampler, generate, generate_text
 from llama2_et.tokenizer import Tokenizer
 
@@ -72,7 +74,7 @@ def test_greedy_equals_eager(runner, ptes, data_dir, design, prompt):
     as_text = run(runner, *common, "--steps", STEPS, "--temperature", 0)
     assert as_text.returncode == 0, as_text.stderr
     assert as_text.stdout == text + "\n"
-    assert f"(inputs {', '.join(contract.SIGNATURES[design].names)})" in as_text.stderr
+    assert f"(inputs {', '.join(designs.SIGNATURES[design].names)})" in as_text.stderr
     assert "prefill:" in as_text.stderr and "decode:" in as_text.stderr
 
 
@@ -122,41 +124,51 @@ def test_sampling_follows_the_seed(runner, ptes, data_dir):
     assert text(0.0, 1) == text(0.0, 2) == greedy_text + "\n"
 
 
-def header_constants() -> dict:
-    """contract.h's constants by contract.py's name (kMaxSeqLen -> MAX_SEQ_LEN): strings, ints, lists."""
-    header = (SOURCE_DIR / "contract.h").read_text()
+def header_constants(header: str) -> dict:
+    """contract.h's constants by their Python name (kGetMaxSeqLen -> GET_MAX_SEQ_LEN): ints, strings, tuples."""
     found = {}
-    for name, value in re.findall(r"constexpr const char\* (k\w+) = \"([^\"]*)\";", header):
-        found[name] = value
-    for name, value in re.findall(r"constexpr int64_t (k\w+) = (\d+);", header):
-        found[name] = int(value)
-    for name, items in re.findall(r"constexpr [\w ]+\*? (k\w+)\[\] = \{([^}]*)\};", header):
-        found[name] = [found.get(i, i.strip('"')) for i in re.findall(r'"[^"]*"|k\w+', items)]
-    return {re.sub(r"(?<!^)(?=[A-Z])", "_", name[1:]).upper(): value for name, value in found.items()}
+    for name, array, value in re.findall(r"^constexpr [\w ]+\*? (k\w+)(\[\])? = \{?(.*?)\}?;$", header, re.M):
+        items = tuple(json.loads(f"[{value}]"))
+        found[re.sub(r"(?<!^)(?=[A-Z])", "_", name[1:]).upper()] = items if array else items[0]
+    return found
 
 
-def test_contract_header_equals_contract_module():
-    header = header_constants()
-    metadata_names = {
-        k: v
-        for k, v in vars(contract).items()
-        if k.isupper() and isinstance(v, str) and k != "DEFAULT_DESIGN"
-    }
-    assert {k: v for k, v in header.items() if isinstance(v, str)} == metadata_names
-    assert (header["BOS_ID"], header["EOS_ID"], header["STOP_IDS"]) == (
-        contract.BOS_ID,
-        contract.EOS_ID,
-        list(contract.STOP_IDS),
-    )
-    for design, signature in (("POSITIONS", contract.POSITIONS_INPUTS), ("PREPROC", contract.PREPROC_INPUTS)):
-        assert (header[f"{design}_NAMES"], header[f"{design}_DTYPES"]) == (
-            list(signature.names),
-            list(signature.dtypes),
-        )
-    assert {contract.signature_of(len(header[f"{d}_NAMES"])) for d in ("POSITIONS", "PREPROC")} == {
-        contract.POSITIONS_INPUTS,
-        contract.PREPROC_INPUTS,
-    }
+def test_generated_contract_header_holds_the_contract(runner):
+    """Every name and value of contract.py, and each signature's inputs, read back from the C++ header."""
+    header = contract_header()
+    expected = {k: v for k, v in vars(contract).items() if k.isupper() and not callable(v)}
+    signatures = {k: v for k, v in vars(designs).items() if isinstance(v, designs.Signature)}
+    for name, signature in signatures.items():
+        expected |= {f"{name}_NAMES": signature.names, f"{name}_DTYPES": signature.dtypes}
+    assert header_constants(header) == expected
+    assert set(designs.SIGNATURES.values()) <= set(signatures.values())
+    assert (
+        runner.parent / GENERATED_DIR / "contract.h"
+    ).read_text() == header  # what the runner was built with
+
+
+# The ExecuTorch thread pool members program.cpp declares itself (the wheel ships no threadpool.h).
+THREADPOOL_SYMBOLS = {
+    "_ZN10executorch9extension10threadpool14get_threadpoolEv",  # get_threadpool()
+    "_ZNK10executorch9extension10threadpool10ThreadPool16get_thread_countEv",  # get_thread_count() const
+    "_ZN10executorch9extension10threadpool10ThreadPool24_unsafe_reset_threadpoolEj",  # (uint32_t)
+}
+
+
+def dynamic_symbols(path: Path, which: str) -> set[str]:
+    result = subprocess.run(["nm", "-D", which, str(path)], capture_output=True, text=True, check=True)
+    return {line.split()[-1] for line in result.stdout.splitlines() if line.strip()}
+
+
+def test_thread_pool_declarations_match_the_wheel(runner):
+    """The runner needs exactly the thread pool symbols program.cpp declares, and the wheel's .so
+    defines each: a mangled name carries the parameters, so a wheel that changes them fails here."""
+    if shutil.which("nm") is None:
+        pytest.skip("nm (binutils) is not installed")
+    library = executorch_cmake_dir().parents[1] / "lib" / "libexecutorch_threadpool.so"
+    needed = {s for s in dynamic_symbols(runner, "--undefined-only") if "threadpool" in s}
+    assert needed == THREADPOOL_SYMBOLS
+    assert THREADPOOL_SYMBOLS <= dynamic_symbols(library, "--defined-only")
 
 
 def test_runner_stops_at_the_programs_eos_ids(runner, stories260k_eos_pte, data_dir):
@@ -250,6 +262,17 @@ def whitespace_corpus(n_random: int) -> list[str]:
     return texts
 
 
+ILL_FORMED_UTF8 = [  # lone, cut, overlong, surrogate and past-U+10FFFF bytes among good characters
+    b"\xff\xfe abc",
+    b"ok \xc3 cut",
+    b"\xe6\x9d\xb1\xe4",
+    b"\xc0\xaf \xe0\x80\x80 \xe0\xa0\x80",
+    b"\xed\xa0\x80 \xed\x9f\xbf",
+    b"\xf0\x8f\xbf\xbf \xf0\x90\x80\x80 \xf4\x8f\xbf\xbf \xf4\x90\x80\x80 \xf5\x80",
+    b"\x80\xbf Once  \xe2\x96\x81\xff upon",
+]
+
+
 @pytest.mark.parametrize("tokenizer", ["tok512", "tokenizer"])
 def test_encoding_equals_sentencepiece(runner, data_dir, tokenizer):
     """The runner continues the prompt Python encodes: same ids as sentencepiece, whitespace included."""
@@ -268,6 +291,19 @@ def test_encoding_equals_sentencepiece(runner, data_dir, tokenizer):
         result = run(runner, *args)
         assert result.returncode == 0, result.stderr
         assert [int(t) for t in result.stdout.split()] == reference.encode(text), repr(text)
+    for text in ILL_FORMED_UTF8:  # a prompt from argv need not be UTF-8; sentencepiece reads U+FFFD
+        args = [
+            "--tokenizer",
+            data_dir / f"{tokenizer}.bin",
+            "--prompt",
+            text,
+            "--steps",
+            "0",
+            "--print-tokens",
+        ]
+        result = subprocess.run([runner, *args], capture_output=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert [int(t) for t in result.stdout.split()] == [contract.BOS_ID, *reference.sp.encode(text)], text
 
 
 def test_long_prompt_is_rejected_quickly(runner, ptes, data_dir, pte_context):
@@ -298,6 +334,26 @@ def bad_files(tmp_path_factory, ptes, data_dir) -> dict:
     program = torch.export.export(Doubler(), (torch.ones(4),))
     edge = to_edge_transform_and_lower(program, constant_methods={"get_max_seq_len": 8})
     (out / "doubler.pte").write_bytes(edge.to_executorch().buffer)
+
+    class Tables(torch.nn.Module):  # the preproc signature, logits (1, 512) of zeros
+        def forward(self, tokens, cos, sin, mask, input_pos):
+            return (cos.sum() + sin.sum() + mask.sum() + (tokens.sum() + input_pos.sum()).float()).expand(
+                1, 512
+            ) * 0
+
+    length, width = torch.export.Dim("length", max=8), torch.export.Dim("width", max=8)
+    inputs = (
+        torch.zeros(1, 2, dtype=torch.long),
+        torch.ones(2, 4),
+        torch.ones(2, 4),
+        torch.ones(2, 3),
+        torch.zeros(2, dtype=torch.long),
+    )
+    shapes = ({1: length}, {0: length}, {0: length}, {0: length, 1: width}, {0: length})
+    program = torch.export.export(Tables(), inputs, dynamic_shapes=shapes)
+    metadata = {contract.GET_MAX_SEQ_LEN: 8, contract.GET_HEAD_DIM: 6, contract.GET_ROPE_THETA: 10000.0}
+    edge = to_edge_transform_and_lower(program, constant_methods=metadata)  # tables (8, 4) need head_dim 8
+    (out / "tables.pte").write_bytes(edge.to_executorch().buffer)
     return out
 
 
@@ -306,6 +362,7 @@ BAD_INPUTS = {  # name: (arguments, text the message must contain)
     "truncated .pte": (["--model", "{bad}/truncated.pte"], "truncated.pte"),
     "random .pte": (["--model", "{bad}/random.pte"], "random.pte"),
     "other signature": (["--model", "{bad}/doubler.pte"], "doubler.pte"),
+    "tables unlike the metadata": (["--model", "{bad}/tables.pte"], "get_head_dim 6 call for tables (8, 3)"),
     "truncated tokenizer": (["--tokenizer", "{bad}/truncated.bin"], "truncated.bin"),
     "random tokenizer": (["--tokenizer", "{bad}/random.bin"], "random.bin"),
     "tokenizer of another model": (["--tokenizer", "{data}/tokenizer.bin"], "32000"),

@@ -3,13 +3,15 @@
 The wheel ships the runtime as shared libraries plus a CMake package
 (`<site-packages>/executorch/share/cmake/executorch-config.cmake`), so `find_package(executorch)`
 is all the runner needs: no ExecuTorch source checkout. The build lives in a cache folder
-outside the package and is reused while the sources and the wheel stay the same.
+outside the package and is reused while the sources, the generated contract.h and the wheel stay the
+same.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -17,10 +19,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .. import contract, designs
 from ..assets import cache_dir
 
 SOURCE_DIR = Path(__file__).resolve().parent
 BINARY_NAME = "llama2_et_runner"
+GENERATED_DIR = "generated"  # in the build folder: CMakeLists.txt adds it to the include path
 
 
 def executorch_cmake_dir() -> Path:
@@ -52,9 +56,47 @@ def _require_tools() -> str:
     return cmake
 
 
-def _build_stamp(cmake_dir: Path) -> str:
-    """A digest of what the binary depends on: the runner sources and the wheel's CMake package."""
-    digest = hashlib.sha256()
+def contract_header() -> str:
+    """contract.h: contract.py's ids and metadata names, and the inputs of designs.py's signatures.
+
+    Generated, not checked in: the exporter and both runtimes then read one source of truth, as
+    ExecuTorch keeps its runner's metadata names in one header (extension/llm/runner/constants.h).
+    A Python name NAME_OF_THING becomes kNameOfThing.
+    """
+
+    def cpp(name: str, value: object) -> str:
+        cpp_name = "k" + name.title().replace("_", "")
+        items = value if isinstance(value, tuple) else (value,)
+        if all(isinstance(v, int) for v in items):
+            cpp_type, text = "int64_t", ", ".join(map(str, items))
+        elif all(isinstance(v, str) for v in items):
+            cpp_type, text = "const char*", ", ".join(map(json.dumps, items))
+        else:
+            raise TypeError(f"{name} = {value!r}: contract.h holds ints, strings and tuples of them")
+        if isinstance(value, tuple):
+            return f"constexpr {cpp_type} {cpp_name}[] = {{{text}}};"
+        return f"constexpr {cpp_type} {cpp_name} = {text};"
+
+    lines = [
+        "// Generated from llama2_et/contract.py and designs.py by llama2_et/cpp/build.py: edit those.",
+        "#pragma once",
+        "",
+        "#include <cstdint>",
+        "",
+        "namespace contract {",
+    ]
+    lines += [cpp(k, v) for k, v in vars(contract).items() if k.isupper() and not callable(v)]
+    for name, signature in vars(designs).items():
+        if isinstance(signature, designs.Signature):
+            users = ", ".join(d for d, s in designs.SIGNATURES.items() if s == signature)
+            lines += [f"// forward's inputs in design {users}, in order; its output: float32 logits (1, V)"]
+            lines += [cpp(f"{name}_NAMES", signature.names), cpp(f"{name}_DTYPES", signature.dtypes)]
+    return "\n".join([*lines, "}  // namespace contract", ""])
+
+
+def _build_stamp(cmake_dir: Path, header: str) -> str:
+    """A digest of what the binary depends on: the sources, the generated header, the wheel's CMake package."""
+    digest = hashlib.sha256(header.encode())
     for path in sorted(SOURCE_DIR.glob("*")):
         if path.suffix in (".cpp", ".h", ".txt"):
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
@@ -104,7 +146,8 @@ def _check_writable(build: Path) -> None:
 
 def _build(cmake: str, cmake_dir: Path, build: Path, force: bool) -> Path:
     binary, stamp_path = build / BINARY_NAME, build / "llama2_et_build.stamp"
-    stamp = _build_stamp(cmake_dir)
+    header = contract_header()
+    stamp = _build_stamp(cmake_dir, header)
     fresh = binary.is_file() and stamp_path.is_file() and stamp_path.read_text() == stamp
     if fresh and not force:
         return binary
@@ -114,7 +157,10 @@ def _build(cmake: str, cmake_dir: Path, build: Path, force: bool) -> Path:
     )
     if force or configured_elsewhere:  # CMake refuses a build folder made for other sources
         shutil.rmtree(build, ignore_errors=True)
-    build.mkdir(parents=True, exist_ok=True)
+    header_path = build / GENERATED_DIR / "contract.h"
+    header_path.parent.mkdir(parents=True, exist_ok=True)
+    if not header_path.is_file() or header_path.read_text() != header:  # unchanged: no recompile
+        header_path.write_text(header)
     stamp_path.unlink(missing_ok=True)
     log_path = build / "build.log"
     log_path.write_text("")

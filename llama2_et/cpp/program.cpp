@@ -21,10 +21,15 @@ using executorch::extension::Module;
 using executorch::extension::resize_tensor_ptr;
 using executorch::runtime::Error;
 using executorch::runtime::EValue;
+using executorch::runtime::MethodMeta;
 using executorch::runtime::Span;
 
-// The wheel ships libexecutorch_threadpool.so, the pool XNNPACK computes on, without its header
-// (extension/threadpool/threadpool.h): the members used here, declared as that header declares them.
+// The wheel ships libexecutorch_threadpool.so, the pool XNNPACK computes on, but of its headers only
+// threadpool_guard.h, not threadpool.h: the members used here are declared as ExecuTorch 1.5's
+// threadpool.h declares them. The ABI risk: a wheel that renames them or changes their parameters
+// breaks the link, and tests/test_cpp_runner.py checks their mangled names in the shipped .so; a
+// changed return type or class layout is invisible to both (C++ mangling omits return types), and
+// only calling them as `--threads` does catches it.
 namespace executorch::extension::threadpool {
 class ThreadPool final {
  public:
@@ -69,12 +74,24 @@ ScalarType scalar_type(const char* dtype) {  // a contract.h dtype name
   return std::strcmp(dtype, "float32") == 0 ? ScalarType::Float : ScalarType::Long;
 }
 
-// "(tokens, input_pos)" for a contract.h name list.
+// "tokens, input_pos" for a contract.h name list.
 template <size_t N>
 std::string joined(const char* const (&names)[N]) {
-  std::string text = "(";
+  std::string text;
   for (size_t i = 0; i < N; ++i) text += (i ? ", " : "") + std::string(names[i]);
-  return text + ")";
+  return text;
+}
+
+// The sizes forward's input i declares: for a dynamic dimension, its upper bound.
+std::vector<int64_t> declared_sizes(const MethodMeta& meta, size_t i) {
+  const auto sizes = meta.input_tensor_meta(i)->sizes();
+  return {sizes.begin(), sizes.end()};
+}
+
+std::string shape_text(const std::vector<int64_t>& sizes) {  // "(128, 4)"
+  std::string text = "(";
+  for (size_t i = 0; i < sizes.size(); ++i) text += (i ? ", " : "") + std::to_string(sizes[i]);
+  return text + (sizes.size() == 1 ? ",)" : ")");
 }
 
 }  // namespace
@@ -102,16 +119,41 @@ Program::Program(const std::string& path) : path_(path), module_(path, Module::L
   if (error == Error::Ok && !last_runtime_error.empty()) error = Error::InvalidProgram;
   if (error != Error::Ok) throw std::runtime_error(describe("cannot load forward of " + path, error));
   check_signature();
-  max_seq_len_ = int_constant(contract::kMaxSeqLen);
+  max_seq_len_ = int_constant(contract::kGetMaxSeqLen);
   read_special_ids();
-  if (design_ == Design::kPreproc) {
-    const int64_t head_dim = int_constant(contract::kHeadDim);
-    const auto theta = static_cast<float>(number_constant(contract::kRopeTheta));
-    for (int64_t i = 0; i < head_dim / 2; ++i) {  // float32 throughout, as preproc.rope_tables
-      inv_freq_.push_back(1.0f / std::pow(theta, static_cast<float>(2 * i) / static_cast<float>(head_dim)));
+  if (signature_ == Inputs::kTables) {
+    check_table_shapes(*module_.method_meta("forward"));
+    const auto head_dim = static_cast<float>(2 * table_half_);
+    const auto theta = static_cast<float>(number_constant(contract::kGetRopeTheta));  // no shape holds it
+    for (int64_t i = 0; i < table_half_; ++i) {  // float32 throughout, as preproc.rope_tables
+      inv_freq_.push_back(1.0f / std::pow(theta, static_cast<float>(2 * i) / head_dim));
     }
   }
   make_inputs();
+}
+
+std::string Program::input_names() const {
+  return signature_ == Inputs::kPositions ? joined(contract::kPositionsInputsNames)
+                                          : joined(contract::kPreprocInputsNames);
+}
+
+// The tables' shapes come from the program: forward declares cos, sin (Lm, Dh/2) and mask (Lm, Lm),
+// the upper bounds of their dynamic dimensions. get_head_dim and get_max_seq_len must agree.
+void Program::check_table_shapes(const MethodMeta& meta) {
+  const std::vector<int64_t> cos = declared_sizes(meta, 1), sin = declared_sizes(meta, 2),
+                             mask = declared_sizes(meta, 3);
+  const int64_t head_dim = int_constant(contract::kGetHeadDim);
+  const bool agree = cos.size() == 2 && sin == cos && cos[0] == max_seq_len_ && 2 * cos[1] == head_dim &&
+                     mask == std::vector<int64_t>{max_seq_len_, max_seq_len_};
+  if (!agree) {
+    const std::string lm = std::to_string(max_seq_len_);
+    throw std::runtime_error("forward of " + path_ + " declares cos " + shape_text(cos) + ", sin " +
+                             shape_text(sin) + ", mask " + shape_text(mask) + ", but " + contract::kGetMaxSeqLen +
+                             " " + lm + " and " + contract::kGetHeadDim + " " + std::to_string(head_dim) +
+                             " call for tables (" + lm + ", " + std::to_string(head_dim / 2) + ") and a mask (" +
+                             lm + ", " + lm + "); re-export it with `python -m llama2_et export`");
+  }
+  table_half_ = cos[1];
 }
 
 void Program::check_signature() {
@@ -119,12 +161,12 @@ void Program::check_signature() {
   if (!meta.ok()) throw std::runtime_error(describe("cannot read forward of " + path_, meta.error()));
   const size_t n_inputs = meta->num_inputs();
   const char* const* dtypes = nullptr;
-  if (n_inputs == std::size(contract::kPositionsDtypes)) {
-    design_ = Design::kPositions;
-    dtypes = contract::kPositionsDtypes;
-  } else if (n_inputs == std::size(contract::kPreprocDtypes)) {
-    design_ = Design::kPreproc;
-    dtypes = contract::kPreprocDtypes;
+  if (n_inputs == std::size(contract::kPositionsInputsDtypes)) {
+    signature_ = Inputs::kPositions;
+    dtypes = contract::kPositionsInputsDtypes;
+  } else if (n_inputs == std::size(contract::kPreprocInputsDtypes)) {
+    signature_ = Inputs::kTables;
+    dtypes = contract::kPreprocInputsDtypes;
   }
   bool matches = dtypes != nullptr;
   for (size_t i = 0; matches && i < n_inputs; ++i) {
@@ -139,22 +181,22 @@ void Program::check_signature() {
   if (vocab_size_ <= 0) {
     last_runtime_error.clear();
     throw std::runtime_error(
-        "forward of " + path_ + " (" + std::to_string(n_inputs) + " inputs) matches neither design: "
-        "expected int64 " + joined(contract::kPositionsNames) + " or " + joined(contract::kPreprocNames) +
-        " with float32 tables, "
+        "forward of " + path_ + " (" + std::to_string(n_inputs) + " inputs) matches neither signature: "
+        "expected int64 (" + joined(contract::kPositionsInputsNames) + ") or (" +
+        joined(contract::kPreprocInputsNames) + ") with float32 tables, "
         "returning float32 logits (1, V), as `python -m llama2_et export` writes");
   }
 }
 
 void Program::read_special_ids() {
   const auto names = module_.method_names();
-  const bool has_bos = names.ok() && names->count(contract::kBos);
-  bos_id_ = has_bos ? int_constant(contract::kBos) : contract::kBosId;
-  if (!names.ok() || !names->count(contract::kEosIds)) {
+  const bool has_bos = names.ok() && names->count(contract::kGetBosId);
+  bos_id_ = has_bos ? int_constant(contract::kGetBosId) : contract::kBosId;
+  if (!names.ok() || !names->count(contract::kGetEosIds)) {
     stop_ids_.assign(std::begin(contract::kStopIds), std::end(contract::kStopIds));
     return;
   }
-  const auto values = module_.execute(contract::kEosIds);  // one int output per id
+  const auto values = module_.execute(contract::kGetEosIds);  // one int output per id
   if (values.ok()) {
     for (const EValue& value : *values) {
       if (!value.isInt()) break;
@@ -163,7 +205,7 @@ void Program::read_special_ids() {
   }
   if (!values.ok() || stop_ids_.empty() || stop_ids_.size() != values->size()) {
     last_runtime_error.clear();
-    throw std::runtime_error(path_ + ": method " + contract::kEosIds +
+    throw std::runtime_error(path_ + ": method " + contract::kGetEosIds +
                              " does not return integer ids; export it with `python -m llama2_et export`");
   }
 }
@@ -189,10 +231,10 @@ double Program::number_constant(const std::string& name) {
 
 void Program::make_inputs() {
   const auto capacity = static_cast<SizesType>(max_seq_len_);
-  const auto half = static_cast<SizesType>(inv_freq_.size());
+  const auto half = static_cast<SizesType>(table_half_);
   token_data_.resize(max_seq_len_);
   tensors_.push_back(from_blob(token_data_.data(), {1, capacity}, ScalarType::Long));  // (1, L)
-  if (design_ == Design::kPositions) {
+  if (signature_ == Inputs::kPositions) {
     position_data_.resize(1);
     tensors_.push_back(from_blob(position_data_.data(), {1}, ScalarType::Long));  // (1,)
   } else {
@@ -210,9 +252,9 @@ void Program::make_inputs() {
 }
 
 void Program::resize_inputs(int32_t seq_len) {
-  const auto half = static_cast<SizesType>(inv_freq_.size());
+  const auto half = static_cast<SizesType>(table_half_);
   Error error = resize_tensor_ptr(tensors_[0], {1, seq_len});
-  if (design_ == Design::kPreproc) {
+  if (signature_ == Inputs::kTables) {
     for (size_t i : {1, 2}) error = error == Error::Ok ? resize_tensor_ptr(tensors_[i], {seq_len, half}) : error;
     if (error == Error::Ok) error = resize_tensor_ptr(tensors_[4], {seq_len});
   }
@@ -229,10 +271,10 @@ Span<const float> Program::forward(const std::vector<int64_t>& tokens, int64_t s
   }
   if (seq_len != seq_len_) resize_inputs(seq_len);
   std::copy(tokens.begin(), tokens.end(), token_data_.begin());
-  if (design_ == Design::kPositions) {
+  if (signature_ == Inputs::kPositions) {
     position_data_[0] = start_pos;
   } else {
-    const size_t half = inv_freq_.size();
+    const auto half = static_cast<size_t>(table_half_);
     const float neg_inf = -std::numeric_limits<float>::infinity();
     // (L, pos + L): the mask's width is the cache positions attention reads, the filled ones only
     const int64_t width = start_pos + seq_len;

@@ -1,4 +1,4 @@
-// A llama2-et .pte as a model: detects the program design and runs forward from positions.
+// A llama2-et .pte as a model: tells its input signature from forward's and runs forward from positions.
 #pragma once
 
 #include <executorch/extension/module/module.h>
@@ -9,9 +9,11 @@
 #include <string>
 #include <vector>
 
-// The two input signatures of contract.h: positions takes the start position (1,) and slices
-// inside the program; preproc takes the sliced RoPE tables and mask, and positions (L,).
-enum class Design { kPositions, kPreproc };
+// The two input signatures of contract.h, all the runner tells the three designs apart by:
+// kPositions (narrow, gather: contract::kPositionsInputsNames) takes the start position (1,), and
+// the program slices its RoPE tables and mask; kTables (preproc: contract::kPreprocInputsNames)
+// takes the sliced tables and mask, and the positions (L,).
+enum class Inputs { kPositions, kTables };
 
 // Sizes ExecuTorch's thread pool, which XNNPACK computes on, to `threads` (0 keeps the size ExecuTorch
 // picks for this machine) and returns its size. Call it before constructing a Program:
@@ -22,7 +24,7 @@ class Program {
  public:
   // Verifies the .pte's content hash (integrity.h), then loads it and its forward method; throws
   // std::runtime_error naming the file when it is missing, damaged, corrupt, or its forward
-  // matches neither design.
+  // matches neither signature (or, with kTables, disagrees with its metadata).
   explicit Program(const std::string& path);
 
   // Logits (V,) of the last of `tokens`, placed at positions start_pos.., written to the KV cache.
@@ -30,7 +32,7 @@ class Program {
   // per call (the inputs are written into tensors made once, resized when L changes).
   executorch::runtime::Span<const float> forward(const std::vector<int64_t>& tokens, int64_t start_pos);
 
-  Design design() const { return design_; }
+  std::string input_names() const;  // "tokens, input_pos": forward's inputs, from contract.h
   int64_t max_seq_len() const { return max_seq_len_; }
   int64_t vocab_size() const { return vocab_size_; }
   int64_t bos_id() const { return bos_id_; }
@@ -42,19 +44,21 @@ class Program {
   int64_t int_constant(const std::string& name);
   double number_constant(const std::string& name);
   void check_signature();
+  void check_table_shapes(const executorch::runtime::MethodMeta& meta);
   void read_special_ids();
   void make_inputs();
   void resize_inputs(int32_t seq_len);
 
   std::string path_;
   executorch::extension::Module module_;
-  Design design_ = Design::kPositions;
+  Inputs signature_ = Inputs::kPositions;
   bool sealed_ = false;
   int64_t max_seq_len_ = 0;
   int64_t vocab_size_ = 0;
   int64_t bos_id_ = 0;
   std::vector<int64_t> stop_ids_;
-  std::vector<float> inv_freq_;  // (Dh/2,) RoPE frequencies theta^(-2i/Dh), preproc design only
+  int64_t table_half_ = 0;       // Dh/2, the width of the cos and sin inputs (kTables only)
+  std::vector<float> inv_freq_;  // (Dh/2,) RoPE frequencies theta^(-2i/Dh) (kTables only)
   // forward's inputs, each buffer sized for L = max_seq_len and viewed by a tensor of the current L.
   std::vector<int64_t> token_data_, position_data_;
   std::vector<float> cos_data_, sin_data_, mask_data_;

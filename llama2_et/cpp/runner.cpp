@@ -201,9 +201,8 @@ int run(const Options& options) {
   Program program(options.model);
   collapse_into_huge_pages();  // after the load, which packed the weights
   const Tokenizer tokenizer(options.tokenizer, program.bos_id());
-  const char* inputs =
-      program.design() == Design::kPositions ? "tokens, input_pos" : "tokens, cos, sin, mask, input_pos";
-  std::fprintf(stderr, "load: %s (inputs %s) in %.2f ms; content hash %s\n", options.model.c_str(), inputs,
+  std::fprintf(stderr, "load: %s (inputs %s) in %.2f ms; content hash %s\n", options.model.c_str(),
+               program.input_names().c_str(),
                seconds_since(load_start) * 1e3, program.sealed() ? "verified" : "absent (not checked)");
   std::fprintf(stderr, "threads %zu\n", threads);
   if (tokenizer.vocab_size() != program.vocab_size()) {

@@ -35,7 +35,8 @@ class Tokenizer {
 
  private:
   // sentencepiece's normalizer for these models (identity character map): a space in front (its
-  // add_dummy_prefix), and with remove_extra_whitespaces, no leading, trailing or doubled spaces.
+  // add_dummy_prefix), and with remove_extra_whitespaces, no leading, trailing or doubled spaces;
+  // each byte of ill-formed UTF-8 becomes U+FFFD, as sentencepiece reads it.
   // The result spells sentencepiece's whitespace symbol U+2581 as ' ', as tokenizer.bin does.
   std::string normalize(const std::string& text) const;
 
