@@ -86,7 +86,7 @@ class Attention(nn.Module):
             # the positions the mask covers: the filled prefix pos + L, or all Lm
             k, v = self.kv_cache.update(input_pos, k, v, mask.shape[-1])  # (B, Nkv, W, Dh)
         n_rep = self.n_heads // self.n_kv_heads
-        k = k.repeat_interleave(n_rep, dim=1)  # (B, Nh, Lk, Dh)
+        k = k.repeat_interleave(n_rep, dim=1)  # (B, Nh, W, Dh)
         v = v.repeat_interleave(n_rep, dim=1)
         dropout = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)  # (B, Nh, L, Dh)
