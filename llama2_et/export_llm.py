@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checkpoint import save_meta
+from .checkpoint.meta import save_meta
 from .contract import BOS_ID, STOP_IDS
 from .model import Transformer
 from .runtime import register_llm_custom_ops

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, load_torch_file, save_llama2c_bin
+from .checkpoint.llama2c import save_llama2c_bin
+from .checkpoint.safe_load import CheckpointError, load_torch_file
 from .config import ModelArgs, param_count
 from .data import (
     PreparedData,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import save_meta
+from ..checkpoint.meta import save_meta
 from .models import LONG_CONTEXT_MODEL, MODELS, BenchModel, build_model, eager_reference
 from .profile import format_profile
 from .report import (
