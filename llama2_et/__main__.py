@@ -11,9 +11,10 @@ from . import assets
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import kv_cache_bytes, param_count
 from .files import check_output_path
-from .generate import EagerDecoder, Sampler, generate_text
+from .generate import EagerDecoder, Sampler, check_vocabulary, generate_text
 from .tokenizer import Tokenizer
-from .train import SEED_RANGE, add_config_arguments, config_from_arguments, train
+from .train import train
+from .train_config import SEED_RANGE, add_config_arguments, config_from_arguments
 
 
 class Parser(argparse.ArgumentParser):
@@ -87,19 +88,10 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=seed, default=None, help="0..2**64-1 (default: a random seed)")
 
 
-def check_same_vocab(tokenizer: Tokenizer, decoder) -> None:
-    """Raise a ValueError when the tokenizer's vocabulary is not the model's."""
-    if tokenizer.vocab_size != decoder.vocab_size:
-        raise ValueError(
-            f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} tokens but the model has "
-            f"{decoder.vocab_size}; use the tokenizer the model was trained with"
-        )
-
-
 def stream(decoder, args: argparse.Namespace) -> None:
     """Generate with the sampling args and stream the text (prompt included) to stdout."""
     tokenizer = Tokenizer(assets.resolve_tokenizer(args.tokenizer, "model"))
-    check_same_vocab(tokenizer, decoder)
+    check_vocabulary(decoder.vocab_size, tokenizer=tokenizer)
     sampler = Sampler(args.temperature, args.top_k, args.top_p, args.seed)
     for piece in generate_text(decoder, tokenizer, args.prompt, args.max_new_tokens, sampler):
         print(piece, end="", flush=True)
@@ -190,7 +182,7 @@ def cmd_perplexity(args: argparse.Namespace) -> None:
             args.checkpoint,
         )
     tokenizer = Tokenizer(assets.resolve_tokenizer(args.tokenizer, "model"))
-    check_same_vocab(tokenizer, decoder)
+    check_vocabulary(decoder.vocab_size, tokenizer=tokenizer)
     value = perplexity(decoder, held_out_tokens(tokenizer, args.tokens))
     print(
         f"perplexity {value:.4f} of {source} on {args.tokens:,} held-out tokens "

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from . import contract, designs, integrity
+from .generate import check_context, check_vocabulary
 from .preproc import Preproc
 
 SCALAR_TYPES = {4: "int64", 6: "float32"}  # c10::ScalarType codes in MethodMeta's TensorInfo
@@ -132,14 +133,8 @@ class PteDecoder:
                 f"start_pos={start_pos} but the cache holds positions 0..{self.cached - 1}: decode "
                 "positions in order (reset() and prefill from 0 to start over)"
             )
-        if start_pos + n > self.max_seq_len:
-            raise ValueError(
-                f"positions {start_pos}..{start_pos + n - 1} run past the end of the cache of {self.path} "
-                f"({self.max_seq_len} positions, max_seq_len); shorten the prompt or generate fewer tokens"
-            )
-        bad = [t for t in tokens if not 0 <= t < self.vocab_size]
-        if bad:
-            raise ValueError(f"token ids {bad[:5]} are outside the vocabulary 0..{self.vocab_size - 1}")
+        check_context(self.max_seq_len, n, start_pos, context=f"the cache of {self.path}")
+        check_vocabulary(self.vocab_size, tokens)
         x = torch.tensor([tokens], dtype=torch.long)  # (1, L)
         if self.preproc is None:
             inputs = [x, torch.tensor([start_pos], dtype=torch.long)]

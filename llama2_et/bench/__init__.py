@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint.meta import save_meta
+from ..generate import check_fits
 from .models import LONG_CONTEXT_MODEL, MODELS, BenchModel, build_model, eager_reference
 from .profile import format_profile
 from .report import (
@@ -209,10 +210,7 @@ def run_bench(
         show(format_bandwidth(result["read_bandwidth"]))
         for name in models:
             bm = build_model(name, prompt_tokens)
-            if len(bm.prompt_ids) + new_tokens > bm.model.args.max_seq_len:
-                raise ValueError(
-                    f"{name}: prompt + new_tokens exceeds max_seq_len={bm.model.args.max_seq_len}"
-                )
+            check_fits(len(bm.prompt_ids), new_tokens, bm.model.args.max_seq_len, f"the context of {name}")
             model_result = bench_model(
                 bm,
                 work / name,
