@@ -37,7 +37,8 @@ def register_llm_custom_ops() -> None:
 class PteDecoder:
     """An exported program (.pte) with its KV cache in the program's mutable buffers."""
 
-    def __init__(self, pte_path: str | Path):
+    def __init__(self, pte_path: str | Path, enable_etdump: bool = False):
+        """Load and check the program; enable_etdump records every instruction's time (bench/profile.py)."""
         path = Path(pte_path)
         if not path.is_file():
             raise FileNotFoundError(f"program not found: {path}; {EXPORT_HINT}")
@@ -51,7 +52,7 @@ class PteDecoder:
         register_llm_custom_ops()
         self.path = path
         try:
-            self.program = Runtime.get().load_program(path)
+            self.program = Runtime.get().load_program(path, enable_etdump=enable_etdump)
             self.method = (
                 self.program.load_method("forward") if "forward" in self.program.method_names else None
             )
