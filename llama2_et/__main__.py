@@ -11,9 +11,10 @@ from . import assets
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import kv_cache_bytes, param_count
 from .files import check_output_path
-from .generate import EagerDecoder, Sampler, generate_text
+from .generate import EagerDecoder, Sampler, check_vocabulary, generate_text
 from .tokenizer import Tokenizer
-from .train import SEED_RANGE, add_config_arguments, config_from_arguments, train
+from .train import train
+from .train_config import SEED_RANGE, add_config_arguments, config_from_arguments
 
 
 class Parser(argparse.ArgumentParser):
@@ -76,6 +77,7 @@ def utf8_text(text: str) -> str:
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    """The options of every command that samples text: tokenizer, prompt, sampler settings."""
     p.add_argument(
         "--tokenizer", required=True, help="sentencepiece .model path or a name (stories260K, llama2)"
     )
@@ -87,19 +89,10 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=seed, default=None, help="0..2**64-1 (default: a random seed)")
 
 
-def check_same_vocab(tokenizer: Tokenizer, decoder) -> None:
-    """Raise a ValueError when the tokenizer's vocabulary is not the model's."""
-    if tokenizer.vocab_size != decoder.vocab_size:
-        raise ValueError(
-            f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} tokens but the model has "
-            f"{decoder.vocab_size}; use the tokenizer the model was trained with"
-        )
-
-
 def stream(decoder, args: argparse.Namespace) -> None:
     """Generate with the sampling args and stream the text (prompt included) to stdout."""
     tokenizer = Tokenizer(assets.resolve_tokenizer(args.tokenizer, "model"))
-    check_same_vocab(tokenizer, decoder)
+    check_vocabulary(decoder.vocab_size, tokenizer=tokenizer)
     sampler = Sampler(args.temperature, args.top_k, args.top_p, args.seed)
     for piece in generate_text(decoder, tokenizer, args.prompt, args.max_new_tokens, sampler):
         print(piece, end="", flush=True)
@@ -190,7 +183,7 @@ def cmd_perplexity(args: argparse.Namespace) -> None:
             args.checkpoint,
         )
     tokenizer = Tokenizer(assets.resolve_tokenizer(args.tokenizer, "model"))
-    check_same_vocab(tokenizer, decoder)
+    check_vocabulary(decoder.vocab_size, tokenizer=tokenizer)
     value = perplexity(decoder, held_out_tokens(tokenizer, args.tokens))
     print(
         f"perplexity {value:.4f} of {source} on {args.tokens:,} held-out tokens "
@@ -204,22 +197,23 @@ def cmd_run(args: argparse.Namespace) -> None:
     stream(PteDecoder(args.pte), args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="python -m llama2_et", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    # --- generate ---
+def _add_generate_args(sub: argparse._SubParsersAction) -> None:
+    """The `generate` command: a checkpoint and the sampling options."""
     p = sub.add_parser("generate", help="generate text with the eager PyTorch model")
     p.add_argument("--checkpoint", required=True, help="checkpoint path or preset name (stories260K)")
     add_sampling_args(p)
     p.set_defaults(func=cmd_generate)
 
-    # --- info ---
+
+def _add_info_args(sub: argparse._SubParsersAction) -> None:
+    """The `info` command: a checkpoint."""
     p = sub.add_parser("info", help="hyper-parameters, parameter count and KV-cache memory")
     p.add_argument("--checkpoint", required=True, help="checkpoint path or preset name")
     p.set_defaults(func=cmd_info)
 
-    # --- train ---
+
+def _add_train_args(sub: argparse._SubParsersAction) -> None:
+    """The `train` command: one flag per TrainConfig and ModelArgs field, and the sample's prompt."""
     p = sub.add_parser(
         "train",
         help="train on TinyStories (tokenizer, shards, AdamW; resumable; torchrun for DDP)",
@@ -232,7 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_train)
 
-    # --- build-runner ---
+
+def _add_build_runner_args(sub: argparse._SubParsersAction) -> None:
+    """The `build-runner` command: the build folder and --force."""
     p = sub.add_parser(
         "build-runner",
         help="build the C++ runner (CMake, Release, against the ExecuTorch wheel); prints its path",
@@ -241,7 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rebuild from scratch even if the build is fresh")
     p.set_defaults(func=cmd_build_runner)
 
-    # --- bench ---
+
+def _add_bench_args(sub: argparse._SubParsersAction) -> None:
+    """The `bench` command: models, rows, token counts, repetitions, threads."""
     p = sub.add_parser(
         "bench", help="prefill/decode speed, RSS and size of every runtime vs ExecuTorch's export_llm"
     )
@@ -278,7 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_bench)
 
-    # --- export ---
+
+def _add_export_args(sub: argparse._SubParsersAction) -> None:
+    """The `export` command: checkpoint, output, backend, design, quantization."""
     from .backends import BACKENDS
     from .designs import DEFAULT_DESIGN, DESIGNS
     from .quantize import EMBEDDING_BITS, QUANTIZATIONS
@@ -316,7 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_export)
 
-    # --- perplexity ---
+
+def _add_perplexity_args(sub: argparse._SubParsersAction) -> None:
+    """The `perplexity` command: a checkpoint or a .pte, a tokenizer, the held-out token count."""
     p = sub.add_parser(
         "perplexity",
         help="perplexity of a checkpoint (eager) or a .pte on held-out TinyStories text",
@@ -332,12 +334,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=positive_int, default=2048, help="held-out tokens scored (default 2048)")
     p.set_defaults(func=cmd_perplexity)
 
-    # --- run ---
+
+def _add_run_args(sub: argparse._SubParsersAction) -> None:
+    """The `run` command: a .pte and the sampling options."""
     p = sub.add_parser("run", help="generate text with an exported .pte (Python ExecuTorch runtime)")
     p.add_argument("--pte", required=True, help="a .pte written by `export`")
     add_sampling_args(p)
     p.set_defaults(func=cmd_run)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser: one subcommand per task, each calling its cmd_ function."""
+    parser = Parser(prog="python -m llama2_et", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_generate_args(sub)
+    _add_info_args(sub)
+    _add_train_args(sub)
+    _add_build_runner_args(sub)
+    _add_bench_args(sub)
+    _add_export_args(sub)
+    _add_perplexity_args(sub)
+    _add_run_args(sub)
     return parser
 
 

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checkpoint import save_meta
+from .checkpoint.meta import save_meta
 from .contract import BOS_ID, STOP_IDS
 from .model import Transformer
 from .runtime import register_llm_custom_ops
@@ -32,6 +32,16 @@ class ExportLlmResult:
     path: Path
     seconds: float  # wall time of the export_llm process (Python start-up included)
     overrides: list[str]  # export_llm's options, as passed on its command line
+
+
+def save_meta_for_export_llm(model: Transformer, out_dir: Path) -> Path:
+    """The model in Meta's format as export_llm reads it: params.json without max_seq_len."""
+    meta = save_meta(model, out_dir)
+    params_file = meta / "params.json"
+    params = json.loads(params_file.read_text())
+    params.pop("max_seq_len", None)  # export_llm passes its own max_seq_len: a second one is a TypeError
+    params_file.write_text(json.dumps(params))
+    return meta
 
 
 def export_with_export_llm(
@@ -64,11 +74,8 @@ def export_with_export_llm(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="export_llm_") as work:
-        meta = save_meta(model, Path(work) / "meta")
+        meta = save_meta_for_export_llm(model, Path(work) / "meta")
         params_file = meta / "params.json"
-        params = json.loads(params_file.read_text())
-        params.pop("max_seq_len", None)  # export_llm passes its own max_seq_len: a second one is a TypeError
-        params_file.write_text(json.dumps(params))
         metadata = json.dumps({"get_bos_id": bos_id, "get_eos_ids": list(eos_ids)})
         options = [
             "base.model_class=llama2",

@@ -19,6 +19,7 @@ import torch
 
 from . import contract
 from .model import Transformer
+from .tokenizer import Tokenizer
 
 
 class Decoder(Protocol):
@@ -88,6 +89,7 @@ class EagerDecoder:
 
     @torch.no_grad()
     def step(self, tokens: list[int], start_pos: int) -> torch.Tensor:
+        check_context(self.max_seq_len, len(tokens), start_pos, context="the KV cache")
         x = torch.tensor([tokens], dtype=torch.long)  # (1, L)
         return self.model(x, torch.tensor([start_pos]))[0]  # (V,)
 
@@ -140,18 +142,60 @@ def teacher_forced(decoder: Decoder, prompt_ids: list[int], tokens: list[int]) -
     return recorder.logits
 
 
-def check_fits(n_prompt: int, max_new_tokens: int, max_seq_len: int) -> None:
-    """Raise a ValueError naming the numbers when prompt + new tokens exceed the context."""
+def check_vocabulary(
+    vocab_size: int,
+    tokens: Iterable[int] = (),
+    tokenizer: Tokenizer | None = None,
+    source: str = "",
+    fix: str = "use the tokenizer the model was trained with",
+) -> None:
+    """Raise a ValueError when a tokenizer's vocabulary is not vocab_size or a token id is outside it."""
+    if tokenizer is not None and tokenizer.vocab_size != vocab_size:
+        raise ValueError(
+            f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} tokens but the model has {vocab_size} "
+            f"(vocab_size); {fix}"
+        )
+    bad = [t for t in tokens if not 0 <= t < vocab_size]
+    if bad:
+        where = f"{source}: " if source else ""
+        raise ValueError(f"{where}token ids {bad[:5]} are outside the vocabulary 0..{vocab_size - 1}; {fix}")
+
+
+def check_context(
+    max_seq_len: int,
+    n_tokens: int,
+    start_pos: int = 0,
+    new_tokens: int | None = None,
+    context: str = "the model's context",
+) -> None:
+    """Raise a ValueError when n_tokens at start_pos (then new_tokens more) run past max_seq_len positions.
+
+    With new_tokens, a generation asked for: the message names the prompt and the new tokens.
+    Without, one decoder step: the message names the positions that do not fit.
+    """
+    end = start_pos + n_tokens + (new_tokens or 0)
+    if end <= max_seq_len:
+        return
+    if new_tokens is None:
+        raise ValueError(
+            f"positions {start_pos}..{end - 1} run past the end of {context} ({max_seq_len} positions, "
+            "max_seq_len); shorten the prompt or generate fewer tokens"
+        )
+    raise ValueError(
+        f"prompt ({n_tokens} tokens) + max_new_tokens ({new_tokens}) = {n_tokens + new_tokens} exceeds "
+        f"{context} of {max_seq_len} tokens (max_seq_len); shorten the prompt or ask for fewer new tokens"
+    )
+
+
+def check_fits(
+    n_prompt: int, max_new_tokens: int, max_seq_len: int, context: str = "the model's context"
+) -> None:
+    """Raise a ValueError naming the numbers when the prompt is empty or prompt + new tokens exceed the context."""
     if n_prompt == 0:
         raise ValueError("the prompt has no tokens; encode it with bos=True to start from BOS")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if n_prompt + max_new_tokens > max_seq_len:
-        raise ValueError(
-            f"prompt ({n_prompt} tokens) + max_new_tokens ({max_new_tokens}) = "
-            f"{n_prompt + max_new_tokens} exceeds the model's context of {max_seq_len} tokens "
-            "(max_seq_len); shorten the prompt or ask for fewer new tokens"
-        )
+    check_context(max_seq_len, n_prompt, new_tokens=max_new_tokens, context=context)
 
 
 @dataclass
@@ -196,7 +240,7 @@ def generate(
 
 
 def generate_text(
-    decoder: Decoder, tokenizer, prompt: str, max_new_tokens: int, sampler: Sampler
+    decoder: Decoder, tokenizer: Tokenizer, prompt: str, max_new_tokens: int, sampler: Sampler
 ) -> Iterator[str]:
     """Stream text: the prompt first, then each new piece as soon as it decodes to whole characters."""
     ids = tokenizer.encode(prompt, bos=True)

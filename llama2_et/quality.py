@@ -14,9 +14,9 @@ import math
 import torch
 
 from .data import default_stories, read_stories, resolve_stories, split_stories, story_files
-from .generate import Decoder, teacher_forced
+from .generate import Decoder, check_vocabulary, teacher_forced
 from .tokenizer import Tokenizer
-from .train import TrainConfig
+from .train_config import TrainConfig
 
 SPLIT_SEED = 0  # prepare_data's default seed, the one `train` splits its stories with
 
@@ -59,9 +59,7 @@ def perplexity(decoder: Decoder, tokens: list[int]) -> float:
         raise ValueError(
             f"perplexity needs at least 2 tokens (one to condition on, one to predict), got {len(tokens)}"
         )
-    bad = [t for t in tokens if not 0 <= t < decoder.vocab_size]
-    if bad:
-        raise ValueError(f"token ids {bad[:5]} are outside the vocabulary 0..{decoder.vocab_size - 1}")
+    check_vocabulary(decoder.vocab_size, tokens)
     context = decoder.max_seq_len
     if context < 2:
         raise ValueError(f"a context of {context} token cannot condition one token on another")

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from . import contract, designs, integrity
+from .generate import check_context, check_vocabulary
 from .windows import TableWindows
 
 SCALAR_TYPES = {4: "int64", 6: "float32"}  # c10::ScalarType codes in MethodMeta's TensorInfo
@@ -36,7 +37,8 @@ def register_llm_custom_ops() -> None:
 class PteDecoder:
     """An exported program (.pte) with its KV cache in the program's mutable buffers."""
 
-    def __init__(self, pte_path: str | Path):
+    def __init__(self, pte_path: str | Path, enable_etdump: bool = False):
+        """Load and check the program; enable_etdump records every instruction's time (bench/profile.py)."""
         path = Path(pte_path)
         if not path.is_file():
             raise FileNotFoundError(f"program not found: {path}; {EXPORT_HINT}")
@@ -50,7 +52,7 @@ class PteDecoder:
         register_llm_custom_ops()
         self.path = path
         try:
-            self.program = Runtime.get().load_program(path)
+            self.program = Runtime.get().load_program(path, enable_etdump=enable_etdump)
             self.method = (
                 self.program.load_method("forward") if "forward" in self.program.method_names else None
             )
@@ -134,14 +136,8 @@ class PteDecoder:
                 f"start_pos={start_pos} but the cache holds positions 0..{self.cached - 1}: decode "
                 "positions in order (reset() and prefill from 0 to start over)"
             )
-        if start_pos + n > self.max_seq_len:
-            raise ValueError(
-                f"positions {start_pos}..{start_pos + n - 1} run past the end of the cache of {self.path} "
-                f"({self.max_seq_len} positions, max_seq_len); shorten the prompt or generate fewer tokens"
-            )
-        bad = [t for t in tokens if not 0 <= t < self.vocab_size]
-        if bad:
-            raise ValueError(f"token ids {bad[:5]} are outside the vocabulary 0..{self.vocab_size - 1}")
+        check_context(self.max_seq_len, n, start_pos, context=f"the cache of {self.path}")
+        check_vocabulary(self.vocab_size, tokens)
         x = torch.tensor([tokens], dtype=torch.long)  # (1, L)
         if self.windows is None:
             inputs = [x, torch.tensor([start_pos], dtype=torch.long)]

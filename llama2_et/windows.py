@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from .config import ModelArgs
+from .generate import check_context
 from .model import causal_mask, rope_tables
 
 
@@ -50,8 +51,6 @@ class TableWindows:
         return self.cos[start_pos:end], self.sin[start_pos:end], mask, input_pos
 
     def _check_window(self, start_pos: int, seq_len: int) -> None:
-        if seq_len < 1 or start_pos < 0 or start_pos + seq_len > self.max_seq_len:
-            raise ValueError(
-                f"positions {start_pos}..{start_pos + seq_len - 1} do not fit the context of "
-                f"{self.max_seq_len} tokens (max_seq_len); shorten the prompt or generate fewer tokens"
-            )
+        if seq_len < 1 or start_pos < 0:
+            raise ValueError(f"a window starts at a position >= 0 and holds >= 1, got {start_pos}, {seq_len}")
+        check_context(self.max_seq_len, seq_len, start_pos, context="the RoPE tables and mask")

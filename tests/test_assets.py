@@ -12,7 +12,7 @@ import pytest
 from llama2_et import assets
 from llama2_et.__main__ import main
 from llama2_et.data import SAMPLE, read_stories, resolve_stories
-from llama2_et.train import TrainConfig
+from llama2_et.train_config import TrainConfig
 
 PAYLOAD = bytes(range(256)) * 400
 

@@ -14,15 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from llama2_et.checkpoint import (
-    CheckpointError,
-    llama2c_bin_bytes,
-    load_checkpoint,
-    read_llama2c_bin,
-    save_llama2c_bin,
-    save_meta,
-    to_hf,
-)
+from llama2_et.checkpoint import CheckpointError, load_checkpoint
+from llama2_et.checkpoint.hf import to_hf
+from llama2_et.checkpoint.llama2c import llama2c_bin_bytes, read_llama2c_bin, save_llama2c_bin
+from llama2_et.checkpoint.meta import save_meta
 from llama2_et.model import Transformer
 
 

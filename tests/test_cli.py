@@ -11,7 +11,8 @@ import pytest
 
 from llama2_et import __main__ as cli_module
 from llama2_et.__main__ import main
-from llama2_et.checkpoint import read_llama2c_bin, save_meta
+from llama2_et.checkpoint.llama2c import read_llama2c_bin
+from llama2_et.checkpoint.meta import save_meta
 from llama2_et.config import ModelArgs
 from llama2_et.generate import EagerDecoder, Sampler, generate_text
 from llama2_et.model import Transformer

@@ -15,7 +15,7 @@ import torch
 
 from llama2_et import contract
 from llama2_et.__main__ import main
-from llama2_et.checkpoint import save_llama2c_bin
+from llama2_et.checkpoint.llama2c import save_llama2c_bin
 from llama2_et.export import ExportReport, export_pte, prepare_for_export
 from llama2_et.generate import EagerDecoder, Recorder, Sampler, generate, generate_text, teacher_forced
 from llama2_et.model import Transformer

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from llama2_et.checkpoint import to_hf
+from llama2_et.checkpoint.hf import to_hf
 from llama2_et.generate import (
     EagerDecoder,
     NoCacheDecoder,

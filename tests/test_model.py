@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from llama2_et.checkpoint import from_hf_state_dict, to_hf
+from llama2_et.checkpoint.hf import from_hf_state_dict, to_hf
 from llama2_et.config import ModelArgs, param_count
 from llama2_et.model import Transformer
 from llama2_et.windows import TableWindows

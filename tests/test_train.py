@@ -18,7 +18,9 @@ from llama2_et.checkpoint import CheckpointError, load_checkpoint
 from llama2_et.config import ModelArgs
 from llama2_et.data import SAMPLE, bigram_entropy, open_shard, read_stories, unigram_entropy
 from llama2_et.model import Transformer
-from llama2_et.train import TrainConfig, init_weights, lr_at, make_optimizer, train
+from llama2_et.optimizer import lr_at, make_optimizer
+from llama2_et.train import init_weights, train
+from llama2_et.train_config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -215,7 +217,9 @@ def test_corrupt_or_missing_checkpoint_errors_say_so(tiny, tmp_path):
 
 
 def test_vocab_mismatch_and_bad_data_get_clear_errors(tiny, tmp_path, capsys):
-    with pytest.raises(ValueError, match="has 512 pieces but the model's vocab_size is 256"):
+    with pytest.raises(
+        ValueError, match="has 512 tokens but the model has 256 \\(vocab_size\\); pass --vocab-size 512"
+    ):
         train(tiny("vocab", model={"vocab_size": 256}), progress=False)
     empty = tmp_path / "empty.txt"
     empty.write_text("")

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import save_meta
+from ..checkpoint.meta import save_meta
+from ..generate import check_fits
 from .models import LONG_CONTEXT_MODEL, MODELS, BenchModel, build_model, eager_reference
 from .profile import format_profile
 from .report import (
@@ -77,6 +78,80 @@ def measure(spec: dict, work: Path) -> dict:
     return json.loads(result_path.read_text())
 
 
+def measure_bandwidth(work: Path, threads: int, buffer_bytes: int) -> dict:
+    """The machine's read bandwidth (roofline.py), measured in a worker with the bench's threads."""
+    spec = {
+        "row": "bandwidth",
+        "kind": "bandwidth",
+        "threads": threads,
+        "buffer_bytes": buffer_bytes,
+        "passes": 5,
+    }
+    return measure(spec, work)
+
+
+def worker_spec(
+    bm: BenchModel, work: Path, rows: list[Row], new_tokens: int, repeats: int, threads: int
+) -> dict:
+    """What every worker of a model reads: eager's greedy reference, the checkpoint, tokenizers, the C++ runner."""
+    ref_path = work / "reference.pt"
+    torch.save(eager_reference(bm.model, bm.prompt_ids, new_tokens), ref_path)
+    meta_dir = save_meta(bm.model, work / "meta")
+    cpp_binary = tokenizer_bin = None
+    if any(r.kind == "cpp" for r in rows):
+        from ..cpp import build_runner
+        from ..tokenizer import export_llama2c
+
+        cpp_binary = str(build_runner())
+        tokenizer_bin = str(export_llama2c(bm.tokenizer.path, work / "tokenizer.bin"))
+    from ..quality import held_out_tokens
+
+    return {
+        "held_out_ids": held_out_tokens(bm.tokenizer, HELD_OUT_TOKENS) if bm.trained else None,
+        "checkpoint": str(meta_dir),
+        "tokenizer": str(bm.tokenizer.path),
+        "tokenizer_bin": tokenizer_bin,
+        "cpp_binary": cpp_binary,
+        "prompt": bm.prompt,
+        "prompt_ids": bm.prompt_ids,
+        "new_tokens": new_tokens,
+        "repeats": repeats,
+        "reference": str(ref_path),
+        "threads": threads,
+    }
+
+
+def measure_pairs(
+    base: dict, work: Path, rows: list[Row], programs: dict, rounds: int, progress: Callable, name: str
+) -> tuple[dict, dict]:
+    """Ours vs export_llm's alternating in one process for `rounds` rounds, and each TextLLMRunner program's
+    decode profile: (ratios by "ours/reference", profiles by row label)."""
+    by_key = {row.key: row for row in rows}
+    paired, profiles = {}, {}
+    for ours, reference in PAIRS:  # one process alternating both: load drifts cancel in each ratio
+        if ours not in by_key or reference not in by_key:
+            continue
+        sides = [
+            {"key": key, "kind": by_key[key].kind, "program": programs[by_key[key].program]["path"]}
+            for key in (ours, reference)
+        ]
+        spec = {**base, "row": f"pair_{ours}", "kind": "pair", "rounds": rounds, "sides": sides}
+        with progress(total=1, desc=f"{name}: {ours} vs {reference}, {rounds} rounds") as bar:
+            paired[f"{ours}/{reference}"] = paired_ratios(measure(spec, work))
+            bar.update()
+        for side in sides:  # where a decode step's time goes, in each program (once)
+            label = by_key[side["key"]].label
+            if side["kind"] == "text-runner" and label not in profiles:
+                spec = {
+                    **base,
+                    "row": f"profile_{side['key']}",
+                    "kind": "profile",
+                    "program": side["program"],
+                }
+                profiles[label] = measure(spec, work)
+    return paired, profiles
+
+
 def bench_model(
     bm: BenchModel,
     work: Path,
@@ -91,32 +166,8 @@ def bench_model(
 ) -> dict:
     """Export, measure every row in its own process, then ours vs export_llm's alternating for `rounds` rounds."""
     work.mkdir(parents=True, exist_ok=True)
-    ref_path = work / "reference.pt"
-    torch.save(eager_reference(bm.model, bm.prompt_ids, new_tokens), ref_path)
-    meta_dir = save_meta(bm.model, work / "meta")
+    base = worker_spec(bm, work, rows, new_tokens, repeats, threads)
     programs = export_programs(bm, work, {r.program for r in rows if r.program}, progress, reuse)
-    cpp_binary = tokenizer_bin = None
-    if any(r.kind == "cpp" for r in rows):
-        from ..cpp import build_runner
-        from ..tokenizer import export_llama2c
-
-        cpp_binary = str(build_runner())
-        tokenizer_bin = str(export_llama2c(bm.tokenizer.path, work / "tokenizer.bin"))
-    from ..quality import held_out_tokens
-
-    base = {
-        "held_out_ids": held_out_tokens(bm.tokenizer, HELD_OUT_TOKENS) if bm.trained else None,
-        "checkpoint": str(meta_dir),
-        "tokenizer": str(bm.tokenizer.path),
-        "tokenizer_bin": tokenizer_bin,
-        "cpp_binary": cpp_binary,
-        "prompt": bm.prompt,
-        "prompt_ids": bm.prompt_ids,
-        "new_tokens": new_tokens,
-        "repeats": repeats,
-        "reference": str(ref_path),
-        "threads": threads,
-    }
     results = []
     for row in progress(rows, desc=f"{bm.name}: measure", unit="row"):
         program = programs.get(row.program)
@@ -124,29 +175,7 @@ def bench_model(
         results.append(summarize(row, measure(spec, work), program))
     add_ratios(results)
     add_roofline(results, rows, bm.model.args, len(bm.prompt_ids), new_tokens, bandwidth)
-    by_key = {row.key: row for row in rows}
-    paired, profiles = {}, {}
-    for ours, reference in PAIRS:  # one process alternating both: load drifts cancel in each ratio
-        if ours not in by_key or reference not in by_key:
-            continue
-        sides = [
-            {"key": key, "kind": by_key[key].kind, "program": programs[by_key[key].program]["path"]}
-            for key in (ours, reference)
-        ]
-        spec = {**base, "row": f"pair_{ours}", "kind": "pair", "rounds": rounds, "sides": sides}
-        with progress(total=1, desc=f"{bm.name}: {ours} vs {reference}, {rounds} rounds") as bar:
-            paired[f"{ours}/{reference}"] = paired_ratios(measure(spec, work))
-            bar.update()
-        for side in sides:  # where a decode step's time goes, in each program (once)
-            label = by_key[side["key"]].label
-            if side["kind"] == "text-runner" and label not in profiles:
-                spec = {
-                    **base,
-                    "row": f"profile_{side['key']}",
-                    "kind": "profile",
-                    "program": side["program"],
-                }
-                profiles[label] = measure(spec, work)
+    paired, profiles = measure_pairs(base, work, rows, programs, rounds, progress, bm.name)
     return {
         "prompt_tokens": len(bm.prompt_ids),
         "new_tokens": new_tokens,
@@ -155,6 +184,26 @@ def bench_model(
         "paired_ratios": paired,
         "profile": profiles,
     }
+
+
+def check_bench_args(rows: list[str] | None, repeats: int, rounds: int, new_tokens: int) -> None:
+    """Raise a ValueError naming an unknown row or a count too small to measure."""
+    unknown = set(rows or ()) - set(ROW_KEYS)
+    if unknown:
+        raise ValueError(f"unknown rows {sorted(unknown)}; choose from {', '.join(ROW_KEYS)}")
+    if repeats < 1 or rounds < 1 or new_tokens < 2:
+        raise ValueError(
+            f"need repeats >= 1, rounds >= 1 and new_tokens >= 2, got {repeats}, {rounds}, {new_tokens}"
+        )
+
+
+def show_model(name: str, model_result: dict, show: Callable[[str], None]) -> None:
+    """A model's table, its decode profiles and its paired ratios."""
+    show(format_table(name, model_result))
+    if model_result["profile"]:
+        show(format_profile(model_result["profile"]))
+    for pair, ratios in model_result["paired_ratios"].items():
+        show(format_paired(pair, ratios))
 
 
 def run_bench(
@@ -179,13 +228,7 @@ def run_bench(
     """
     from tqdm import tqdm
 
-    unknown = set(rows or ()) - set(ROW_KEYS)
-    if unknown:
-        raise ValueError(f"unknown rows {sorted(unknown)}; choose from {', '.join(ROW_KEYS)}")
-    if repeats < 1 or rounds < 1 or new_tokens < 2:
-        raise ValueError(
-            f"need repeats >= 1, rounds >= 1 and new_tokens >= 2, got {repeats}, {rounds}, {new_tokens}"
-        )
+    check_bench_args(rows, repeats, rounds, new_tokens)
     selected = [r for r in ROWS if rows is None or r.key in rows]
     threads = threads or torch.get_num_threads()
     result = {
@@ -198,21 +241,11 @@ def run_bench(
     with tempfile.TemporaryDirectory(prefix="llama2_et_bench_") as tmp:
         work = Path(work_dir) if work_dir else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        spec = {
-            "row": "bandwidth",
-            "kind": "bandwidth",
-            "threads": threads,
-            "buffer_bytes": bandwidth_buffer,
-            "passes": 5,
-        }
-        result["read_bandwidth"] = measure(spec, work)
+        result["read_bandwidth"] = measure_bandwidth(work, threads, bandwidth_buffer)
         show(format_bandwidth(result["read_bandwidth"]))
         for name in models:
             bm = build_model(name, prompt_tokens)
-            if len(bm.prompt_ids) + new_tokens > bm.model.args.max_seq_len:
-                raise ValueError(
-                    f"{name}: prompt + new_tokens exceeds max_seq_len={bm.model.args.max_seq_len}"
-                )
+            check_fits(len(bm.prompt_ids), new_tokens, bm.model.args.max_seq_len, f"the context of {name}")
             model_result = bench_model(
                 bm,
                 work / name,
@@ -226,11 +259,7 @@ def run_bench(
                 work_dir is not None,
             )
             result["models"][name] = model_result
-            show(format_table(name, model_result))
-            if model_result["profile"]:
-                show(format_profile(model_result["profile"]))
-            for pair, ratios in model_result["paired_ratios"].items():
-                show(format_paired(pair, ratios))
+            show_model(name, model_result, show)
     if out is not None:
         Path(out).write_text(json.dumps(result, indent=2))
         show(f"wrote {out}")

@@ -79,13 +79,8 @@ def fixed_prompt(tokenizer: Tokenizer, max_tokens: int) -> tuple[str, list[int]]
 @torch.no_grad()
 def eager_reference(model: Transformer, prompt_ids: list[int], new_tokens: int) -> dict:
     """fp32 eager greedy: the new tokens and the logits that chose each, (new_tokens, V)."""
-    from ..generate import EagerDecoder
+    from ..generate import EagerDecoder, Recorder, Sampler, generate
 
-    decoder = EagerDecoder(model)
-    decoder.reset()
-    logits = [decoder.step(prompt_ids, 0)]
-    tokens = [int(logits[-1].argmax())]
-    for pos in range(len(prompt_ids), len(prompt_ids) + new_tokens - 1):
-        logits.append(decoder.step([tokens[-1]], pos))
-        tokens.append(int(logits[-1].argmax()))
-    return {"tokens": tokens, "logits": torch.stack(logits)}  # logits (N, V)
+    recorder = Recorder(EagerDecoder(model))
+    tokens = list(generate(recorder, prompt_ids, new_tokens, Sampler(), stop_ids=()))
+    return {"tokens": tokens, "logits": torch.stack(recorder.logits)}  # logits (N, V)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import torch
-
 PROFILE_WRAPPERS = {
     "Method::execute",
     "Program::load_method",
@@ -17,25 +15,21 @@ PROFILE_WRAPPERS = {
 
 
 def profile_decode(pte_path: str | Path, prompt_ids: list[int], decode_steps: int = 32) -> dict:
-    """ETDump profile of the decode steps of a (tokens, input_pos) program (ours or export_llm's).
+    """ETDump profile of decode_steps greedy steps of a (tokens, input_pos) program (ours or export_llm's).
 
     Returns per decode step: total ms, the delegate calls and their ms, the portable (non-delegated)
     operator calls and their ms, and the ops that take the most time.
     """
     from executorch.devtools import Inspector
-    from executorch.runtime import Runtime
 
-    from ..runtime import register_llm_custom_ops
+    from ..generate import Sampler, generate
+    from ..runtime import PteDecoder
 
-    register_llm_custom_ops()
-    program = Runtime.get().load_program(str(pte_path), enable_etdump=True)
-    method = program.load_method("forward")
-    method.execute([torch.tensor([prompt_ids]), torch.tensor([0])])
-    for pos in range(len(prompt_ids), len(prompt_ids) + decode_steps):
-        method.execute([torch.tensor([[prompt_ids[-1]]]), torch.tensor([pos])])
+    decoder = PteDecoder(pte_path, enable_etdump=True)
+    list(generate(decoder, prompt_ids, decode_steps + 1, Sampler(), stop_ids=()))  # prefill + decode_steps
     with tempfile.TemporaryDirectory() as tmp:
         etdump = str(Path(tmp) / "decode.etdp")
-        program.write_etdump_result_to_file(etdump, str(Path(tmp) / "debug.bin"))
+        decoder.program.write_etdump_result_to_file(etdump, str(Path(tmp) / "debug.bin"))
         frame = Inspector(etdump_path=etdump).to_dataframe()
     per_step: dict[str, list[float]] = {}  # event name -> [ms per step, calls per step]
     for name, raw in zip(frame["event_name"], frame["raw"], strict=True):
