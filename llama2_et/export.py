@@ -6,9 +6,10 @@
 2. optional quantization of the linears and of the token embedding (quantize.py);
 3. torch.export of a program design (designs.py; "gather" by default) with one `Dim` for the token
    count, so one program serves prefill and decode, the KV cache held as mutable buffers;
-4. `to_edge_transform_and_lower` with the backend's partitioners, and the metadata methods of
-   the contract (contract.py) that ExecuTorch's TextLLMRunner and our runtimes read;
-5. `to_executorch` and serialization to a .pte.
+4. `lower`: `to_edge_transform_and_lower` with the backend's partitioners and the metadata methods
+   of the contract (contract.py) that ExecuTorch's TextLLMRunner and our runtimes read, then
+   `to_executorch`;
+5. serialization to a sealed .pte.
 """
 
 from __future__ import annotations
@@ -96,6 +97,28 @@ def _portable_ops(graph_module: torch.fx.GraphModule) -> Counter:
     return ops
 
 
+def lower(exported: torch.export.ExportedProgram, backend: str, metadata: dict) -> tuple:
+    """An ExportedProgram -> edge dialect with the backend's delegates -> an ExecuTorch program.
+
+    Returns both stages: the edge program (what was delegated) and the program to serialize.
+    metadata: the constant methods the program carries (contract.metadata).
+    """
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
+
+    entry = backend_entry(backend)
+    edge = to_edge_transform_and_lower(
+        exported,
+        partitioner=entry.partitioners() or None,
+        constant_methods=metadata,
+        compile_config=EdgeCompileConfig(preserve_ops=list(entry.preserve_ops)),
+    )
+    # A mutated buffer's initial content is unspecified unless the program carries it: serialize
+    # the caches' zeros, so the first call reads zeros (not arena garbage, which 0 * NaN would leak)
+    zeroed_cache = InitializedMutableBufferPass(["k_cache", "v_cache"])
+    return edge, edge.to_executorch(ExecutorchBackendConfig(passes=[zeroed_cache], run_reinplace_pass=True))
+
+
 def export_pte(
     model: Transformer,
     out_path: str | Path,
@@ -115,10 +138,8 @@ def export_pte(
     `quantize.quantize_embedding_table`), in groups of embedding_group_size values (None: one scale per row).
     """
     from executorch.devtools.backend_debug import get_delegation_info
-    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
-    from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
 
-    entry = backend_entry(backend)
+    backend_entry(backend)  # an unknown backend or design is refused before the minutes an export takes
     designs.check_design(design)
     out_path = check_output_path(out_path, ".pte")  # before the minutes an export takes
     started = time.perf_counter()
@@ -128,19 +149,10 @@ def export_pte(
     program, inputs, dynamic_shapes = program_and_inputs(prepared, design)
     with torch.no_grad():
         exported = torch.export.export(program, inputs, dynamic_shapes=dynamic_shapes, strict=False)
-    edge = to_edge_transform_and_lower(
-        exported,
-        partitioner=entry.partitioners() or None,
-        constant_methods=contract.metadata(prepared.args, bos_id, eos_ids),
-        compile_config=EdgeCompileConfig(preserve_ops=list(entry.preserve_ops)),
-    )
+    edge, et_program = lower(exported, backend, contract.metadata(prepared.args, bos_id, eos_ids))
     graph = edge.exported_program().graph_module
     info = get_delegation_info(graph)
     portable = _portable_ops(graph)
-    # A mutated buffer's initial content is unspecified unless the program carries it: serialize
-    # the caches' zeros, so the first call reads zeros (not arena garbage, which 0 * NaN would leak)
-    zeroed_cache = InitializedMutableBufferPass(["k_cache", "v_cache"])
-    et_program = edge.to_executorch(ExecutorchBackendConfig(passes=[zeroed_cache], run_reinplace_pass=True))
     # sealed with its content hash (integrity.py); a failed write leaves the previous file as it was
     atomic_write_bytes(out_path, integrity.sealed(et_program.buffer))
     return ExportReport(
