@@ -108,6 +108,7 @@ def test_training_data_without_a_data_folder_is_the_published_tinystories_valid(
     assert resolve_stories(name) == path and RangeHandler.sent == [len(stories)]  # cached: fetched once
 
 
+@pytest.mark.slow  # a training run
 def test_train_command_without_a_data_folder_downloads_tinystories_valid_and_trains(
     tmp_path, monkeypatch, server, data_dir, capsys
 ):

@@ -153,12 +153,14 @@ return [...document.querySelectorAll('.bd-article figure')].map(f => {
 """
 
 
+@pytest.mark.slow  # the book build (jupyter-book)
 def test_every_toc_entry_is_built(built_html: Path):
     for entry in toc_files():
         page = built_html / f"{entry}.html"
         assert page.exists(), f"{entry} is in _toc.yml but {page} was not built"
 
 
+@pytest.mark.slow  # the book build, opened in headless Chromium
 def test_introduction_page_renders(built_html: Path, browser):
     open_page(browser, built_html / f"{toc_files()[0]}.html", 1280)
     text = browser.find_element(By.TAG_NAME, "body").get_attribute("innerHTML")
@@ -170,6 +172,7 @@ def test_introduction_page_renders(built_html: Path, browser):
     assert pixels.std() > 10, "the introduction screenshot is blank"
 
 
+@pytest.mark.slow  # the book build, opened in headless Chromium
 def test_code_fits_its_block_at_1280px(built_html: Path, browser):
     """At 1280 px no code, output, table or math block of any page needs a sideways scroll."""
     overflowing, blocks = {}, 0
@@ -185,6 +188,7 @@ def test_code_fits_its_block_at_1280px(built_html: Path, browser):
     )
 
 
+@pytest.mark.slow  # the book build, opened in headless Chromium
 def test_page_contents_open_from_the_header_at_1280px(built_html: Path, browser):
     """The page's contents, moved off the side to widen the code, open from the header's button."""
     open_page(browser, built_html / "notebooks" / "06_export.html", 1280)
@@ -198,6 +202,7 @@ def test_page_contents_open_from_the_header_at_1280px(built_html: Path, browser)
     screenshot(browser, "06_export_contents", 1280)
 
 
+@pytest.mark.slow  # the book build, opened in headless Chromium
 def test_phone_width_has_no_page_overflow(built_html: Path, browser):
     """At 390 px the navigation is collapsed, and only blocks (never the page itself) scroll sideways."""
     for entry in toc_files():
@@ -214,6 +219,7 @@ def test_phone_width_has_no_page_overflow(built_html: Path, browser):
         )
 
 
+@pytest.mark.slow  # the book build, opened in headless Chromium
 @pytest.mark.parametrize("width", [1280, 390])
 def test_figures_fit_the_column_and_have_alt_text(built_html: Path, browser, width: int):
     figures = 0
@@ -231,6 +237,7 @@ def test_figures_fit_the_column_and_have_alt_text(built_html: Path, browser, wid
     assert figures >= 5, f"only {figures} figures in the book"
 
 
+@pytest.mark.slow  # the book build, opened in headless Chromium
 @pytest.mark.parametrize("entry, drawn_by", DIAGRAMS.items())
 def test_package_diagram_renders_in_its_chapter(built_html: Path, browser, entry: str, drawn_by: str):
     """The chapter shows the diagram as a captioned figure whose image Chromium decoded."""

@@ -156,6 +156,7 @@ def limited_cli(*args, memory=2 << 30):
     )
 
 
+@pytest.mark.slow  # fresh `python -m llama2_et` processes
 @pytest.mark.parametrize(
     "field, value, message",
     [

@@ -39,6 +39,7 @@ def one_error_line(stderr: str) -> str:
     return stderr
 
 
+@pytest.mark.slow  # fresh `python -m llama2_et` processes
 def test_generate_prints_only_the_text(stories260k, tok512):
     expected = "".join(generate_text(EagerDecoder(stories260k), tok512, "Once upon a time", 50, Sampler(0.0)))
     r = cli("generate", "--checkpoint", "stories260K", "--tokenizer", "stories260K", "--prompt", "Once upon a time",
@@ -47,6 +48,7 @@ def test_generate_prints_only_the_text(stories260k, tok512):
     assert r.stdout == expected + "\n"
 
 
+@pytest.mark.slow  # fresh `python -m llama2_et` processes
 def test_info(data_dir):
     path = data_dir / "stories260K.bin"
     args, state = read_llama2c_bin(path)
@@ -56,6 +58,7 @@ def test_info(data_dir):
     assert f"n_kv_heads: {args.n_kv_heads}" in r.stdout
 
 
+@pytest.mark.slow  # fresh `python -m llama2_et` processes
 def test_errors_are_one_line_messages(tmp_path):
     r = cli("generate", "--checkpoint", "stories260K", "--tokenizer", "stories260K", "--prompt", "hi",
             "--max-new-tokens", "600")  # fmt: skip
@@ -136,6 +139,7 @@ def test_export_output_path_is_checked_before_loading(tmp_path, capsys, monkeypa
         assert message in one_error_line(capsys.readouterr().err)
 
 
+@pytest.mark.slow  # fresh `python -m llama2_et` processes
 def test_export_on_a_read_only_file_system_fails_first(tmp_path):
     if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"]).returncode:
         pytest.skip("no user namespaces here to mount a read-only tmpfs (test_files simulates one)")
@@ -160,6 +164,7 @@ def test_group_size_that_quantizes_nothing_is_refused(capsys, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow  # fresh `python -m llama2_et` processes
 def test_unreadable_checkpoint_is_one_line(tmp_path, data_dir):
     path = tmp_path / "stories260K.bin"
     shutil.copy(data_dir / "stories260K.bin", path)

@@ -9,6 +9,7 @@ Run time: about 7 minutes on 2 busy cores, most of it the seven exports.
 """
 
 import json
+from collections import Counter
 
 import pytest
 import torch
@@ -84,12 +85,38 @@ def test_metadata_is_what_executorch_llama_export_writes(exported, one_layer):
     assert ours["get_head_dim"] == args.head_dim and ours["get_rope_theta"] == args.rope_theta
 
 
+def op_name(name: str) -> str:
+    """An operator as the edge graph and the .pte both name it: no namespace, overload or in-place mark."""
+    return name.removeprefix("aten::").split(".")[0].rstrip("_")
+
+
+def serialized_calls(path) -> Counter:
+    """Kernel calls by operator, and delegate calls ("delegate"), of the forward chain stored in a .pte."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    plan = deserialize_pte_binary(path.read_bytes()).program.execution_plan[0]
+    calls = Counter()
+    for instruction in plan.chains[0].instructions:
+        call = instruction.instr_args
+        if type(call).__name__ == "KernelCall":
+            calls[op_name(plan.operators[call.op_index].name)] += 1
+        elif type(call).__name__ == "DelegateCall":
+            calls["delegate"] += 1
+    return calls
+
+
 def test_report_counts_what_was_delegated(exported, one_layer):
     xnn, portable = exported["xnnpack"], exported["portable"]
     linears = [m for m in one_layer.modules() if isinstance(m, torch.nn.Linear)]
-    for report in (xnn, portable):
-        assert report.pte_bytes == report.path.stat().st_size
-        assert report.portable_nodes == sum(report.portable_ops.values())
+    # the file holds every fp32 weight; XNNPACK's twice the tied table: for the portable embedding
+    # kernel and, packed, for the classifier inside the delegate
+    weights = 4 * sum(p.numel() for p in one_layer.parameters())
+    assert portable.pte_bytes >= weights and xnn.pte_bytes >= weights + 4 * one_layer.output.weight.numel()
+    # counted on the edge graph, the calls are those of the serialized program's instructions
+    calls = serialized_calls(xnn.path)
+    assert calls.pop("delegate") == xnn.delegate_calls and serialized_calls(portable.path)["delegate"] == 0
+    assert calls == sum((Counter({op_name(op): n}) for op, n in xnn.portable_ops.items()), Counter())
+    assert xnn.portable_nodes == sum(calls.values())
     # one call per layer between its two cache writes, one before the first and one for the classifier
     assert xnn.delegate_calls == one_layer.args.n_layers + 2 and xnn.delegated_nodes > 50
     assert set(xnn.portable_ops) <= PORTABLE_OPS_OF_XNNPACK and xnn.portable_ops["index_put"] == 2

@@ -124,10 +124,12 @@ CONTEXT = 128  # the quantized program's context: room for the teacher-forced st
 
 
 def test_export_llm_8da4w_runs_in_our_runtime_near_eager(llm_8da4w, stories260k, tok512):
-    """As far from fp32 eager as torchao's 8da4w eager model is (within 1.5x); perplexity within 25%.
+    """As far from fp32 eager as torchao's 8da4w eager model is (within 1.5x); its perplexity torchao's.
 
-    int4 weights cost a model this small real quality: torchao's 8da4w of stories260K (the one both
-    exports use) scores a perplexity about 5% above fp32 eager's on held-out text, hence the 25% bound.
+    int4 weights cost a model this small real quality: on 300 held-out tokens fp32 eager scores
+    6.420, torchao's 8da4w eager model (the one both exports use) 6.719 (+4.7%), export_llm's
+    8da4w program 6.701 (+4.4%; its XNNPACK kernel keeps each group's scale in bfloat16). Bounds:
+    the program within 1% of torchao's model, and costing between 0 and 6% over fp32.
     """
     from llama2_et.export import prepare_for_export
     from llama2_et.model import Transformer
@@ -147,23 +149,36 @@ def test_export_llm_8da4w_runs_in_our_runtime_near_eager(llm_8da4w, stories260k,
     torchao_error = max((t - e).abs().max().item() for t, e in zip(torchao, expected, strict=True))
     assert 1e-3 < error < 1.5 * torchao_error
     tokens = held_out_tokens(tok512, 300)
-    eager, quantized = (
+    eager, torchao_ppl, quantized = (
         perplexity(EagerDecoder(eager_model), tokens),
+        perplexity(EagerDecoder(torchao_model), tokens),
         perplexity(PteDecoder(llm_8da4w.path), tokens),
     )
-    assert quantized == pytest.approx(eager, rel=0.25)
+    assert quantized == pytest.approx(torchao_ppl, rel=0.01)
+    assert eager < quantized < 1.06 * eager
 
 
-def test_our_8da4w_is_no_worse_than_export_llm_s(llm_8da4w, stories260k, tok512):
-    """Our 8da4w quantization (what our .pte computes) scores a perplexity within 1% of export_llm's program.
+@pytest.fixture(scope="module")
+def our_8da4w(stories260k, tmp_path_factory):
+    """Our 8da4w program of stories260K (gather design, XNNPACK), at export_llm's program's context."""
+    from llama2_et.export import export_pte
 
-    Both choose each group's scale by HQQ (`quantize`, and export_llm's default).
+    path = tmp_path_factory.mktemp("our_8da4w") / "stories260K_8da4w.pte"
+    return export_pte(stories260k, path, "gather", "xnnpack", "8da4w", max_seq_len=CONTEXT, group_size=32)
+
+
+def test_our_8da4w_program_scores_export_llm_s_perplexity(our_8da4w, llm_8da4w, stories260k, tok512):
+    """Our 8da4w .pte scores the perplexity of export_llm's 8da4w .pte, within 1%, both run by our runtime.
+
+    Both choose each group's scale by HQQ (`quantize`, and export_llm's default). Measured on 300
+    held-out tokens: ours 6.723, export_llm's 6.701 (+0.3%).
     """
-    from llama2_et.export import prepare_for_export
     from llama2_et.quality import held_out_tokens, perplexity
-    from llama2_et.quantize import quantize_linears
 
-    ours = prepare_for_export(stories260k, "xnnpack", CONTEXT)
-    quantize_linears(ours, "8da4w", 32)
+    linears = [m for m in stories260k.modules() if isinstance(m, torch.nn.Linear)]
+    assert our_8da4w.quantized_linears == sum(
+        m.in_features % 32 == 0 for m in linears
+    )  # all that group by 32
     tokens = held_out_tokens(tok512, 300)
-    assert perplexity(EagerDecoder(ours), tokens) <= 1.01 * perplexity(PteDecoder(llm_8da4w.path), tokens)
+    ours = perplexity(PteDecoder(our_8da4w.path), tokens)
+    assert ours == pytest.approx(perplexity(PteDecoder(llm_8da4w.path), tokens), rel=0.01)

@@ -20,7 +20,17 @@ def test_instructions_are_the_programs_delegate_and_kernel_calls(xnnpack_pte, st
     plan = forward_plan(xnnpack_pte.program)
     chain = instructions(plan)
     raw = plan.chains[0].instructions
-    assert len(chain) == len(raw)
+    # in execution order: the token's embedding and RoPE rows, then per layer its two cache writes
+    # between the delegate call that computes K, V and the one that attends; last, the classifier's
+    calls = [i.name for i in chain if i.name in ("index_put_", "XnnpackBackend")]
+    n_layers = stories260k.args.n_layers
+    assert calls == [
+        "XnnpackBackend",
+        *["index_put_", "index_put_", "XnnpackBackend"] * n_layers,
+        "XnnpackBackend",
+    ]
+    first_delegate = next(k for k, i in enumerate(chain) if i.kind == "delegate")
+    assert "embedding" in [i.name for i in chain[:first_delegate]]
     delegate_calls = [i for i in raw if type(i.instr_args).__name__ == "DelegateCall"]
     assert sum(i.kind == "delegate" for i in chain) == len(delegate_calls) > 0
     # every delegate the program holds is XNNPACK's and is called
@@ -38,8 +48,17 @@ def test_planned_tensors_and_the_kv_cache(xnnpack_pte, stories260k, pte_context)
     args = stories260k.args.replace(max_seq_len=pte_context)
     plan = forward_plan(xnnpack_pte.program)
     tensors = planned_tensors(plan)
-    in_arena = [v.val for v in plan.values if type(v.val).__name__ == "Tensor" and v.val.allocation_info]
-    assert len(tensors) == len(in_arena)
+    by_value = {t.value: t for t in tensors}
+    # the method's inputs, tokens (1, L) and input_pos (1,), int64 with L up to the context, and its
+    # output, the logits (1, V) fp32, are planned at their largest
+    method_io = [(by_value[v].sizes, by_value[v].nbytes) for v in (*plan.inputs, *plan.outputs)]
+    assert method_io == [
+        ((1, pte_context), 8 * pte_context),
+        ((1,), 8),
+        ((1, args.vocab_size), 4 * args.vocab_size),
+    ]
+    # every other planned tensor is written by an instruction, or is state the file initializes
+    assert all(t.first >= 0 or t.initial is not None for t in tensors if t.value not in plan.inputs)
     assert all(t.offset + t.nbytes <= sum(plan.non_const_buffer_sizes) for t in tensors)
 
     cache = [t for t in tensors if t.is_cache]

@@ -109,6 +109,7 @@ def test_initial_loss_is_uniform_over_the_vocabulary():
     assert loss.item() == pytest.approx(math.log(512), abs=0.05)
 
 
+@pytest.mark.slow  # three training runs
 def test_resume_continues_the_uninterrupted_run_exactly(tiny, capsys):
     """With dropout on, so the restored RNG state matters too."""
     tiny = functools.partial(tiny, model={"dropout": 0.1})
