@@ -13,7 +13,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from functools import cache
 from pathlib import Path
 
@@ -306,15 +305,18 @@ def test_encoding_equals_sentencepiece(runner, data_dir, tokenizer):
         assert [int(t) for t in result.stdout.split()] == [contract.BOS_ID, *reference.sp.encode(text)], text
 
 
-def test_long_prompt_is_rejected_quickly(runner, ptes, data_dir, pte_context):
-    """A 128 KB prompt (a few tokens per word, far past the context) is refused in well under a second."""
+def test_long_prompt_is_rejected_before_it_is_encoded(runner, ptes, data_dir, pte_context):
+    """A 128 KB prompt, far past the context, is refused from its byte count alone.
+
+    BPE merging is quadratic in the prompt's length; the runner refuses a prompt whose fewest
+    possible tokens (BOS plus one per longest piece's bytes) exceed the context, so the message
+    gives that lower bound ("at least N"), not an encoded count.
+    """
     prompt = (data_dir / "tinystories_train_sample.txt").read_bytes()[:128_000].decode(errors="ignore")
     args = ["--model", ptes["gather"], "--tokenizer", data_dir / "tok512.bin", "--prompt", prompt]
-    started = time.perf_counter()
     result = run(runner, *args, "--steps", 10)
-    elapsed = time.perf_counter() - started
     assert result.returncode == 1 and f"max_seq_len of {pte_context}" in result.stderr, result.stderr
-    assert elapsed < 2.0
+    assert re.search(r"\bat least \d+", result.stderr), result.stderr
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import transformers
 
 from llama2_et.checkpoint.hf import to_hf
 from llama2_et.generate import (
@@ -27,7 +28,6 @@ def test_greedy_text_equals_llama2c_reference(stories260k, tok512):
 
 
 def test_greedy_tokens_equal_transformers_generate(stories260k, tok512):
-    transformers = pytest.importorskip("transformers")
     state, config = to_hf(stories260k)
     hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**config, attn_implementation="eager")).eval()
     hf.load_state_dict(state, strict=False)

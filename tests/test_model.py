@@ -2,13 +2,12 @@
 
 import pytest
 import torch
+import transformers
 
 from llama2_et.checkpoint.hf import from_hf_state_dict, to_hf
 from llama2_et.config import ModelArgs, param_count
 from llama2_et.model import Transformer
 from llama2_et.windows import TableWindows
-
-transformers = pytest.importorskip("transformers")
 
 GQA = ModelArgs(dim=64, n_layers=3, n_heads=8, n_kv_heads=2, vocab_size=97, hidden_dim=96, max_seq_len=32)
 
