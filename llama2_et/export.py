@@ -7,9 +7,8 @@
 3. torch.export of a program design (designs.py; "gather" by default) with one `Dim` for the token
    count, so one program serves prefill and decode, the KV cache held as mutable buffers;
 4. `lower`: `to_edge_transform_and_lower` with the backend's partitioners and the metadata methods
-   of the contract (contract.py) that ExecuTorch's TextLLMRunner and our runtimes read, then
-   `to_executorch`;
-5. serialization to a sealed .pte.
+   of the contract (contract.py) that ExecuTorch's TextLLMRunner and our runtimes read;
+5. `to_program`: `to_executorch` (memory planning, the caches' zeros), then a sealed .pte.
 """
 
 from __future__ import annotations
@@ -97,26 +96,35 @@ def _portable_ops(graph_module: torch.fx.GraphModule) -> Counter:
     return ops
 
 
-def lower(exported: torch.export.ExportedProgram, backend: str, metadata: dict) -> tuple:
-    """An ExportedProgram -> edge dialect with the backend's delegates -> an ExecuTorch program.
+def lower(exported: torch.export.ExportedProgram, backend: str, metadata: dict):
+    """An ExportedProgram -> the edge dialect, the backend's delegates in place (EdgeProgramManager).
 
-    Returns both stages: the edge program (what was delegated) and the program to serialize.
     metadata: the constant methods the program carries (contract.metadata).
     """
-    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
-    from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
+    from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
 
     entry = backend_entry(backend)
-    edge = to_edge_transform_and_lower(
+    return to_edge_transform_and_lower(
         exported,
         partitioner=entry.partitioners() or None,
         constant_methods=metadata,
         compile_config=EdgeCompileConfig(preserve_ops=list(entry.preserve_ops)),
     )
+
+
+def to_program(edge):
+    """The edge program -> an ExecuTorch program, planned and ready to serialize (its `.buffer`).
+
+    to_executorch rewrites the edge graph in place (out variants, allocations): read what was
+    delegated before calling it.
+    """
+    from executorch.exir import ExecutorchBackendConfig
+    from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
+
     # A mutated buffer's initial content is unspecified unless the program carries it: serialize
     # the caches' zeros, so the first call reads zeros (not arena garbage, which 0 * NaN would leak)
     zeroed_cache = InitializedMutableBufferPass(["k_cache", "v_cache"])
-    return edge, edge.to_executorch(ExecutorchBackendConfig(passes=[zeroed_cache], run_reinplace_pass=True))
+    return edge.to_executorch(ExecutorchBackendConfig(passes=[zeroed_cache], run_reinplace_pass=True))
 
 
 def export_pte(
@@ -149,10 +157,11 @@ def export_pte(
     program, inputs, dynamic_shapes = program_and_inputs(prepared, design)
     with torch.no_grad():
         exported = torch.export.export(program, inputs, dynamic_shapes=dynamic_shapes, strict=False)
-    edge, et_program = lower(exported, backend, contract.metadata(prepared.args, bos_id, eos_ids))
+    edge = lower(exported, backend, contract.metadata(prepared.args, bos_id, eos_ids))
     graph = edge.exported_program().graph_module
     info = get_delegation_info(graph)
     portable = _portable_ops(graph)
+    et_program = to_program(edge)
     # sealed with its content hash (integrity.py); a failed write leaves the previous file as it was
     atomic_write_bytes(out_path, integrity.sealed(et_program.buffer))
     return ExportReport(
