@@ -5,7 +5,8 @@
    and the backend's source transformations applied (backends.py, transforms.py);
 2. optional quantization of the linears and of the token embedding (quantize.py);
 3. torch.export of a program design (designs.py; "gather" by default) with one `Dim` for the token
-   count, so one program serves prefill and decode, the KV cache held as mutable buffers;
+   count, so one program serves prefill and decode, the KV cache held as mutable buffers, and
+   the buffers it never reads dropped (`drop_unread_buffers`);
 4. `lower`: `to_edge_transform_and_lower` with the backend's partitioners and the metadata methods
    of the contract (contract.py) that ExecuTorch's TextLLMRunner and our runtimes read;
 5. `to_program`: `to_executorch` (memory planning, the caches' zeros), then a sealed .pte.
@@ -96,6 +97,25 @@ def _portable_ops(graph_module: torch.fx.GraphModule) -> Counter:
     return ops
 
 
+def drop_unread_buffers(exported: torch.export.ExportedProgram) -> list[str]:
+    """Remove the buffers the graph never reads (the preproc design's program holds the model's own
+    RoPE tables and mask but is fed slices instead), so the file does not store them; their names."""
+    from torch.export.graph_signature import InputKind
+
+    placeholders = {n.name: n for n in exported.graph.nodes if n.op == "placeholder"}
+    unread = [
+        spec
+        for spec in exported.graph_signature.input_specs
+        if spec.kind == InputKind.BUFFER and not placeholders[spec.arg.name].users
+    ]
+    for spec in unread:
+        exported.graph_signature.input_specs.remove(spec)
+        (exported.state_dict if spec.persistent else exported.constants).pop(spec.target)
+        exported.graph.erase_node(placeholders[spec.arg.name])
+    exported.graph_module.recompile()
+    return [spec.target for spec in unread]
+
+
 def lower(exported: torch.export.ExportedProgram, backend: str, metadata: dict):
     """An ExportedProgram -> the edge dialect, the backend's delegates in place (EdgeProgramManager).
 
@@ -157,6 +177,7 @@ def export_pte(
     program, inputs, dynamic_shapes = program_and_inputs(prepared, design)
     with torch.no_grad():
         exported = torch.export.export(program, inputs, dynamic_shapes=dynamic_shapes, strict=False)
+    drop_unread_buffers(exported)
     edge = lower(exported, backend, contract.metadata(prepared.args, bos_id, eos_ids))
     graph = edge.exported_program().graph_module
     info = get_delegation_info(graph)

@@ -157,3 +157,22 @@ def test_the_mask_is_built_once_per_step_for_every_layer(tmp_path):
     stacked = (rep * GQA.max_seq_len, GQA.max_seq_len)  # (rep*L, Lm) at L = Lm, the planned bound
     plan = forward_plan(read_pte(report.path).program)
     assert sum(t.sizes == stacked for t in planned_tensors(plan)) == 1
+
+
+@pytest.mark.slow
+def test_the_preproc_program_drops_the_tables_it_never_reads():
+    """The preproc program wraps the model but is fed slices: its export keeps no RoPE table or mask."""
+    from llama2_et.export import drop_unread_buffers
+
+    model = prepare_for_export(random_model(), "xnnpack")
+    tables = {"rope_cos", "rope_sin", "causal_mask"}
+    for design, dropped in (("preproc", tables), ("gather", set()), ("narrow", set())):
+        module, inputs, shapes = program_and_inputs(model, design)
+        with torch.no_grad():
+            exported = torch.export.export(module, inputs, dynamic_shapes=shapes, strict=False)
+            names = drop_unread_buffers(exported)
+            assert {name.rsplit(".", 1)[-1] for name in names} == dropped, design
+            model.reset_kv_cache()
+            expected = module(*inputs)
+            model.reset_kv_cache()
+            torch.testing.assert_close(exported.module()(*inputs), expected)
