@@ -135,6 +135,9 @@ def cmd_build_runner(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     from .bench import LONG_CONTEXT_CASE, MODELS, run_bench
 
+    if args.sweep:
+        cmd_sweep(args)
+        return
     quick = args.quick  # stories260K only, short runs: the book chapter's and the smoke test's setting
     models = args.models.split(",") if args.models else (["stories260K"] if quick else list(MODELS))
     case = LONG_CONTEXT_CASE if args.long_context else {}
@@ -146,6 +149,30 @@ def cmd_bench(args: argparse.Namespace) -> None:
         new_tokens=case.get("new_tokens", args.new_tokens or (32 if quick else 128)),
         repeats=args.repeats or (2 if quick else 3),
         rounds=args.rounds or (3 if quick else 10),
+        work_dir=args.work_dir,
+        threads=args.threads,
+    )
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from .bench.sweep import SWEEP_CONTEXTS, SWEEP_MODELS, run_sweep
+
+    if args.quick or args.long_context or args.models or args.prompt_tokens:
+        raise ValueError(
+            "--sweep sets its own models and prompts: use --sweep-models and --sweep-contexts, "
+            "not --quick, --long-context, --models or --prompt-tokens"
+        )
+    contexts = args.sweep_contexts.split(",") if args.sweep_contexts else SWEEP_CONTEXTS
+    if not all(str(c).isdigit() for c in contexts):
+        raise ValueError(f"--sweep-contexts must be comma-separated integers, got {args.sweep_contexts!r}")
+    run_sweep(
+        args.sweep_models.split(",") if args.sweep_models else list(SWEEP_MODELS),
+        [int(c) for c in contexts],
+        out=args.out,
+        rows=args.rows.split(",") if args.rows else None,
+        new_tokens=args.new_tokens or 64,
+        repeats=args.repeats or 2,
+        rounds=args.rounds or 5,
         work_dir=args.work_dir,
         threads=args.threads,
     )
@@ -252,6 +279,20 @@ def _add_bench_args(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="the stories15M shape with a 1024-position context: 480-token prompt, 300 new tokens, "
         "our .pte vs export_llm's",
+    )
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help="the scaling sweep: model shapes x contexts, half-full prompts, ours vs export_llm at fp32 "
+        "and 8da4w, against the read roof (long: exports are kept in --work-dir, default <cache>/bench-sweep)",
+    )
+    p.add_argument(
+        "--sweep-models",
+        default=None,
+        help="comma-separated presets for --sweep (default: stories15M,stories42M,stories110M)",
+    )
+    p.add_argument(
+        "--sweep-contexts", default=None, help="comma-separated contexts for --sweep (default: 256,1024,2048)"
     )
     p.add_argument(
         "--rows", default=None, help="comma-separated subset of rows (default: all; see bench.ROWS)"
