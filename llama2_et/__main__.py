@@ -32,6 +32,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_ints(text: str) -> list[int]:
+    """Comma-separated ints >= 1 (argparse type)."""
+    try:
+        return [positive_int(item) for item in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated positive integers, got {text!r}") from None
+
+
 def non_negative_int(text: str) -> int:
     """An int >= 0 (argparse type)."""
     value = int(text)
@@ -162,12 +170,9 @@ def cmd_sweep(args: argparse.Namespace) -> None:
             "--sweep sets its own models and prompts: use --sweep-models and --sweep-contexts, "
             "not --quick, --long-context, --models or --prompt-tokens"
         )
-    contexts = args.sweep_contexts.split(",") if args.sweep_contexts else SWEEP_CONTEXTS
-    if not all(str(c).isdigit() for c in contexts):
-        raise ValueError(f"--sweep-contexts must be comma-separated integers, got {args.sweep_contexts!r}")
     run_sweep(
         args.sweep_models.split(",") if args.sweep_models else list(SWEEP_MODELS),
-        [int(c) for c in contexts],
+        args.sweep_contexts or list(SWEEP_CONTEXTS),
         out=args.out,
         rows=args.rows.split(",") if args.rows else None,
         new_tokens=args.new_tokens or 64,
@@ -292,7 +297,10 @@ def _add_bench_args(sub: argparse._SubParsersAction) -> None:
         help="comma-separated presets for --sweep (default: stories15M,stories42M,stories110M)",
     )
     p.add_argument(
-        "--sweep-contexts", default=None, help="comma-separated contexts for --sweep (default: 256,1024,2048)"
+        "--sweep-contexts",
+        type=positive_ints,
+        default=None,
+        help="comma-separated contexts for --sweep (default: 256,1024,2048)",
     )
     p.add_argument(
         "--rows", default=None, help="comma-separated subset of rows (default: all; see bench.ROWS)"

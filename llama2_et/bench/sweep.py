@@ -12,6 +12,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+from ..config import preset
 from ..display import table
 from . import Case, run_cases, write_result
 from .models import shaped_model
@@ -75,6 +76,8 @@ def run_sweep(
     """
     from ..assets import cache_dir
 
+    for shape in models:
+        preset(shape)  # an unknown name is refused before the bandwidth is measured
     cases = sweep_cases(models, contexts, new_tokens)
     work_dir = Path(work_dir) if work_dir is not None else cache_dir() / "bench-sweep"
     result = run_cases(
