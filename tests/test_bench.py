@@ -117,6 +117,7 @@ def test_sweep_tiny_case_measures_and_reuses_its_programs(data_dir, tmp_path, ca
     assert (case["shape"], case["context"], case["params"]["max_seq_len"]) == ("stories260K", 128, 128)
     assert sweep_prompt_tokens(128, 16) - 8 < case["prompt_tokens"] <= sweep_prompt_tokens(128, 16) == 56
     bandwidth = statistics.median(saved["read_bandwidth"]["per_pass"])
+    llc = saved["read_bandwidth"]["last_level_cache_bytes"] or 0
     rows = {r["key"]: r for r in case["rows"]}
     points = {p["key"]: p for p in saved["points"]}
     assert set(points) == set(rows) == {"runner-ours", "export-llm"}
@@ -133,7 +134,8 @@ def test_sweep_tiny_case_measures_and_reuses_its_programs(data_dir, tmp_path, ca
         assert p["decode_tps"] == statistics.median(r["decode_tps_all"]) > 0
         assert p["bytes_per_token"] == bytes_per_token(args, kv[key])  # from the program's shape
         assert p["roof_fraction"] == pytest.approx(p["decode_tps"] * p["bytes_per_token"] / bandwidth)
-        assert 0 < p["roof_fraction"] < 1.5
+        # below the roof, unless the program fits in the last-level cache (as this tiny one does)
+        assert 0 < p["roof_fraction"] < 1.5 or p["bytes_per_token"] < llc
         assert r["export_s"] > 0 and (work / "stories260K-ctx128" / r["program"]).is_file()
     ours, ref = rows["runner-ours"], rows["export-llm"]
     assert ours["decode_vs_export_llm"] == pytest.approx(ours["decode_tps"] / ref["decode_tps"])
