@@ -13,6 +13,7 @@ import math
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter
 
 from . import COLORS
 
@@ -61,6 +62,11 @@ def sweep_figure(result: dict):
         ylabel="decode tokens/s",
     )
     ax.set_title("decode speed under the read roof", pad=8)
+    for axis in (ax.xaxis, ax.yaxis):  # 2000 and 0.5, not 2x10^3 and 5x10^-1; minor ticks at 2 and 5 only
+        axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        axis.set_minor_formatter(
+            FuncFormatter(lambda value, _: f"{value:g}" if f"{value:e}"[0] in "25" else "")
+        )
     ax.grid(which="both", alpha=0.25)
     ax.legend(handles=legend_handles(points, marker, bandwidth), loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.tight_layout()
