@@ -135,10 +135,10 @@ def synthetic_sweep(bandwidth: float = 5e9) -> dict:
     """A sweep result from made-up speeds, assembled as run_sweep assembles a measured one."""
     from llama2_et.bench import model_result
     from llama2_et.bench.report import paired_ratios, summarize
-    from llama2_et.bench.rows import ROWS
+    from llama2_et.bench.rows import OPTIONAL_ROWS, ROWS
     from llama2_et.bench.sweep import SWEEP_ROWS, case_name, sweep_points
 
-    rows = [r for r in ROWS if r.key in SWEEP_ROWS]
+    rows = [r for r in ROWS + OPTIONAL_ROWS if r.key in SWEEP_ROWS]
     models = {}
     for shape in ("stories15M", "stories42M", "stories110M"):
         args = preset(shape)

@@ -40,7 +40,7 @@ from .report import (
     summarize,
 )
 from .roofline import add_roofline
-from .rows import EXPORT_LLM, PAIRS, ROW_KEYS, ROWS, Row, export_programs
+from .rows import EXPORT_LLM, OPTIONAL_ROWS, PAIRS, ROW_KEYS, ROWS, Row, export_programs
 
 __all__ = [
     "LONG_CONTEXT_CASE",
@@ -282,7 +282,7 @@ def run_cases(
 
     for case in cases:
         check_bench_args(rows, repeats, rounds, case.new_tokens)
-    selected = [r for r in ROWS if rows is None or r.key in rows]
+    selected = [r for r in ROWS + OPTIONAL_ROWS if r.key in rows] if rows else list(ROWS)
     threads = threads or torch.get_num_threads()
     result = {
         "machine": machine_info(),

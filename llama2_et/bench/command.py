@@ -46,7 +46,7 @@ def add_bench_args(sub: argparse._SubParsersAction) -> None:
         help="comma-separated contexts for --sweep (default: 256,1024,2048)",
     )
     p.add_argument(
-        "--rows", default=None, help="comma-separated subset of rows (default: all; see bench.ROWS)"
+        "--rows", default=None, help="comma-separated rows (default: all of bench.ROWS; optional: cpp-8da4w)"
     )
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--prompt-tokens", type=int, default=None, help="prefill length (default 64)")

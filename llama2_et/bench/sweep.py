@@ -16,7 +16,7 @@ from ..config import preset
 from ..display import table
 from . import Case, run_cases, write_result
 from .models import shaped_model
-from .rows import EXPORT_LLM, ROWS
+from .rows import EXPORT_LLM, OPTIONAL_ROWS, ROWS
 
 SWEEP_MODELS = ("stories15M", "stories42M", "stories110M")  # llama2.c's shapes
 SWEEP_CONTEXTS = (256, 1024, 2048)
@@ -94,7 +94,7 @@ def run_sweep(
 
 def sweep_points(result: dict) -> list[dict]:
     """One flat record per (case, row): what it is, its speeds, bytes per token, roof, paired ratios."""
-    by_key = {row.key: row for row in ROWS}
+    by_key = {row.key: row for row in ROWS + OPTIONAL_ROWS}
     points = []
     for case in result["models"].values():
         for r in case["rows"]:
