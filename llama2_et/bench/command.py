@@ -50,15 +50,20 @@ def add_bench_args(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--prompt-tokens", type=int, default=None, help="prefill length (default 64)")
-    p.add_argument("--new-tokens", type=int, default=None, help="greedy tokens generated (default 128)")
     p.add_argument(
-        "--repeats", type=int, default=None, help="timed runs per process after a warm-up (default 3)"
+        "--new-tokens", type=int, default=None, help="greedy tokens generated (default 128; --sweep: 64)"
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed runs per process after a warm-up (default 3; --sweep: 2)",
     )
     p.add_argument(
         "--rounds",
         type=int,
         default=None,
-        help="alternating runs of our .pte vs export_llm's, one process (default 10)",
+        help="alternating runs of our .pte vs export_llm's, one process (default 10; --sweep: 5)",
     )
     p.add_argument(
         "--work-dir", default=None, help="keep the exported programs here, reusing those already there"
@@ -92,7 +97,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from .sweep import SWEEP_CONTEXTS, SWEEP_MODELS, run_sweep
+    from .sweep import SWEEP_CONTEXTS, SWEEP_MODELS, SWEEP_NEW_TOKENS, run_sweep
 
     if args.quick or args.long_context or args.models or args.prompt_tokens:
         raise ValueError(
@@ -104,8 +109,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         args.sweep_contexts or list(SWEEP_CONTEXTS),
         out=args.out,
         rows=args.rows.split(",") if args.rows else None,
-        new_tokens=args.new_tokens or 64,
-        repeats=args.repeats or 2,
+        new_tokens=args.new_tokens or SWEEP_NEW_TOKENS,
+        repeats=args.repeats or 2,  # fewer than the bench's 3 and 10: nine cases
         rounds=args.rounds or 5,
         work_dir=args.work_dir,
         threads=args.threads,
