@@ -15,7 +15,8 @@ A newcomer's map, in the order the book builds it:
   pipeline), `contract` (the ids and metadata names a .pte and its runtimes share);
 - runtimes: `runtime` (a .pte from Python), `cpp/` (the C++ runner; its `contract.h` is generated
   from `contract` at build time), `export_llm` (ExecuTorch's own export_llm and TextLLMRunner),
-  `bench` (measured comparisons), `quality` (perplexity);
+  `bench` (measured comparisons; `bench.sweep` the scaling sweep over shapes and contexts,
+  `bench.command` the `bench` command), `quality` (perplexity);
 - training: `data` (TinyStories, tokenizer training, shards), `train` (the loop), `train_config`,
   `optimizer`, `distributed`, `evaluation`, `train_checkpoint`;
 - `__main__`: the command line. A chapter is a notebook in notebooks/ listed in _toc.yml; it

@@ -8,6 +8,7 @@ import os
 import sys
 
 from . import assets
+from .bench.command import add_bench_args
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import kv_cache_bytes, param_count
 from .files import check_output_path
@@ -132,25 +133,6 @@ def cmd_build_runner(args: argparse.Namespace) -> None:
     print(build_runner(args.build_dir, force=args.force))
 
 
-def cmd_bench(args: argparse.Namespace) -> None:
-    from .bench import LONG_CONTEXT_CASE, MODELS, run_bench
-
-    quick = args.quick  # stories260K only, short runs: the book chapter's and the smoke test's setting
-    models = args.models.split(",") if args.models else (["stories260K"] if quick else list(MODELS))
-    case = LONG_CONTEXT_CASE if args.long_context else {}
-    run_bench(
-        case.get("models", models),
-        out=args.out,
-        rows=case.get("rows", args.rows.split(",") if args.rows else None),
-        prompt_tokens=case.get("prompt_tokens", args.prompt_tokens or (32 if quick else 64)),
-        new_tokens=case.get("new_tokens", args.new_tokens or (32 if quick else 128)),
-        repeats=args.repeats or (2 if quick else 3),
-        rounds=args.rounds or (3 if quick else 10),
-        work_dir=args.work_dir,
-        threads=args.threads,
-    )
-
-
 def cmd_export(args: argparse.Namespace) -> None:
     from .export import export_pte
 
@@ -238,45 +220,6 @@ def _add_build_runner_args(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_build_runner)
 
 
-def _add_bench_args(sub: argparse._SubParsersAction) -> None:
-    """The `bench` command: models, rows, token counts, repetitions, threads."""
-    p = sub.add_parser(
-        "bench", help="prefill/decode speed, RSS and size of every runtime vs ExecuTorch's export_llm"
-    )
-    p.add_argument("--quick", action="store_true", help="stories260K only, 32+32 tokens, fewer repetitions")
-    p.add_argument(
-        "--models", default=None, help="comma-separated: stories15M-shape,stories260K,stories15M-shape-1k"
-    )
-    p.add_argument(
-        "--long-context",
-        action="store_true",
-        help="the stories15M shape with a 1024-position context: 480-token prompt, 300 new tokens, "
-        "our .pte vs export_llm's",
-    )
-    p.add_argument(
-        "--rows", default=None, help="comma-separated subset of rows (default: all; see bench.ROWS)"
-    )
-    p.add_argument("--out", default=None, help="write the results as JSON here")
-    p.add_argument("--prompt-tokens", type=int, default=None, help="prefill length (default 64)")
-    p.add_argument("--new-tokens", type=int, default=None, help="greedy tokens generated (default 128)")
-    p.add_argument(
-        "--repeats", type=int, default=None, help="timed runs per process after a warm-up (default 3)"
-    )
-    p.add_argument(
-        "--rounds",
-        type=int,
-        default=None,
-        help="alternating runs of our .pte vs export_llm's, one process (default 10)",
-    )
-    p.add_argument(
-        "--work-dir", default=None, help="keep the exported programs here, reusing those already there"
-    )
-    p.add_argument(
-        "--threads", type=int, default=None, help="threads for PyTorch and ExecuTorch (default: as is)"
-    )
-    p.set_defaults(func=cmd_bench)
-
-
 def _add_export_args(sub: argparse._SubParsersAction) -> None:
     """The `export` command: checkpoint, output, backend, design, quantization."""
     from .backends import BACKENDS
@@ -351,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info_args(sub)
     _add_train_args(sub)
     _add_build_runner_args(sub)
-    _add_bench_args(sub)
+    add_bench_args(sub)
     _add_export_args(sub)
     _add_perplexity_args(sub)
     _add_run_args(sub)

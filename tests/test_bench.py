@@ -102,3 +102,51 @@ def test_bench_eager_rows(data_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "eager PyTorch, KV cache" in printed and "read bandwidth" in printed
     assert not any(word in printed.lower() for word in ("peer", "goal"))
+
+
+@pytest.mark.slow  # two exports and a worker process per row, twice
+def test_sweep_tiny_case_measures_and_reuses_its_programs(data_dir, tmp_path, capsys):
+    """One tiny shape at one short context, both fp32 TextLLMRunner rows: the JSON the figure reads."""
+    from llama2_et.bench.sweep import run_sweep, sweep_prompt_tokens
+
+    out, work = tmp_path / "sweep.json", tmp_path / "work"
+    options = dict(rows=["runner-ours", "export-llm"], new_tokens=16, repeats=1, rounds=2, work_dir=work)
+    run_sweep(["stories260K"], [128], out=out, bandwidth_buffer=64 * 2**20, **options)
+    saved = json.loads(out.read_text())
+    case = saved["models"]["stories260K-ctx128"]
+    assert (case["shape"], case["context"], case["params"]["max_seq_len"]) == ("stories260K", 128, 128)
+    assert sweep_prompt_tokens(128, 16) - 8 < case["prompt_tokens"] <= sweep_prompt_tokens(128, 16) == 56
+    bandwidth = statistics.median(saved["read_bandwidth"]["per_pass"])
+    llc = saved["read_bandwidth"]["last_level_cache_bytes"] or 0
+    rows = {r["key"]: r for r in case["rows"]}
+    points = {p["key"]: p for p in saved["points"]}
+    assert set(points) == set(rows) == {"runner-ours", "export-llm"}
+    args = preset("stories260K").replace(max_seq_len=128)
+    kv = {"runner-ours": 128, "export-llm": case["prompt_tokens"] + 16 / 2}  # static cache; filled part
+    for key, p in points.items():
+        r = rows[key]
+        assert (p["model"], p["context"], p["weights"], p["runner"]) == (
+            "stories260K",
+            128,
+            "fp32",
+            "TextLLMRunner",
+        )
+        assert p["decode_tps"] == statistics.median(r["decode_tps_all"]) > 0
+        assert p["bytes_per_token"] == bytes_per_token(args, kv[key])  # from the program's shape
+        assert p["roof_fraction"] == pytest.approx(p["decode_tps"] * p["bytes_per_token"] / bandwidth)
+        # below the roof, unless the program fits in the last-level cache (as this tiny one does)
+        assert 0 < p["roof_fraction"] < 1.5 or p["bytes_per_token"] < llc
+        assert r["export_s"] > 0 and (work / "stories260K-ctx128" / r["program"]).is_file()
+    ours, ref = rows["runner-ours"], rows["export-llm"]
+    assert ours["decode_vs_export_llm"] == pytest.approx(ours["decode_tps"] / ref["decode_tps"])
+    paired = case["paired_ratios"]["runner-ours/export-llm"]["decode"]
+    assert len(paired["per_round"]) == 2 and all(r > 0 for r in paired["per_round"])
+    assert points["runner-ours"]["paired_decode"] == {"runner-ours/export-llm": paired["median"]}
+    assert points["runner-ours"]["paired_decode"]["runner-ours/export-llm"] == statistics.median(
+        paired["per_round"]
+    )
+    printed = capsys.readouterr().out
+    assert "scaling sweep" in printed and "[1/1] stories260K-ctx128" in printed
+    # a rerun finds the programs in the work folder and exports nothing
+    again = run_sweep(["stories260K"], [128], bandwidth_buffer=64 * 2**20, show=lambda _: None, **options)
+    assert all(r["export_s"] is None for r in again["models"]["stories260K-ctx128"]["rows"])

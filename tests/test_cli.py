@@ -104,6 +104,10 @@ EXPORT = ["export", "--checkpoint", "stories260K", "--out", "never.pte"]
         ),
         (EXPORT + ["--quantize-embedding", "int8"], "--quantize-embedding: invalid int value: 'int8'"),
         (
+            ["bench", "--sweep", "--sweep-contexts", "256,1k"],
+            "--sweep-contexts: must be comma-separated positive integers, got '256,1k'",
+        ),
+        (
             EXPORT + ["--embedding-group-size", "0"],
             "--embedding-group-size: must be a positive integer, got 0",
         ),
@@ -203,3 +207,20 @@ def test_embedding_group_size_that_does_not_divide_dim_is_refused(capsys, tmp_pa
         capsys.readouterr().err
     )
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--sweep", "--quick"], "--sweep sets its own models and prompts"),
+        (["--sweep", "--sweep-models", "stories7B"], "unknown preset 'stories7B'"),
+        (["--sweep", "--sweep-contexts", "256,64", "--new-tokens", "64"], "new_tokens=64 leaves no prompt"),
+        (["--sweep", "--rows", "runner-ours,gpu"], "unknown rows \\['gpu'\\]"),
+    ],
+)
+def test_sweep_refuses_bad_arguments_before_measuring(argv, message, capsys, monkeypatch):
+    import llama2_et.bench
+
+    monkeypatch.setattr(llama2_et.bench, "measure_bandwidth", lambda *_: pytest.fail("started measuring"))
+    assert main(["bench", *argv]) == 1
+    assert re.search(message, one_error_line(capsys.readouterr().err))

@@ -9,10 +9,11 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from llama2_et.config import ModelArgs, preset
+from llama2_et.config import ModelArgs, param_count, preset
 from llama2_et.designs import DESIGNS, program
 from llama2_et.figures.architecture import decoder_diagram
 from llama2_et.figures.cache import WRITTEN, cache_steps
@@ -128,3 +129,79 @@ def test_design_flows_names_each_design_and_its_inputs():
     assert "narrow(cos, sin,\nmask, start, L)" in joined and "TableWindows.window(p, L)" in joined
     assert "index_select(cos,\nsin, mask, positions)" in joined
     assert sum("(the default)" in t for t in drawn) == 1
+
+
+def synthetic_sweep(bandwidth: float = 5e9) -> dict:
+    """A sweep result from made-up speeds, assembled as run_sweep assembles a measured one."""
+    from llama2_et.bench import model_result
+    from llama2_et.bench.report import paired_ratios, summarize
+    from llama2_et.bench.rows import OPTIONAL_ROWS, ROWS
+    from llama2_et.bench.sweep import SWEEP_ROWS, case_name, sweep_points
+
+    rows = [r for r in ROWS + OPTIONAL_ROWS if r.key in SWEEP_ROWS]
+    models = {}
+    for shape in ("stories15M", "stories42M", "stories110M"):
+        args = preset(shape)
+        for context in (256, 1024, 2048):
+            args = args.replace(max_seq_len=context)
+            fp32_bytes = 4 * (args.vocab_size * args.dim + param_count(args))  # the tied table twice
+            results = []
+            for i, row in enumerate(rows):
+                speed = 1e3 / (1 + i + context / 256) / (args.dim / 288)
+                run = {
+                    "prefill_tps": [10 * speed],
+                    "decode_tps": [speed],
+                    "peak_rss_mib": 100.0,
+                    "rss_increase_mib": 50.0,
+                    "greedy_match": True,
+                    "generated_tokens": 64,
+                }
+                table = 4 * args.vocab_size * args.dim  # an 8da4w file keeps the fp32 token table
+                file_bytes = fp32_bytes if row.weights == "fp32" else table + (fp32_bytes - table) // 6
+                results.append(
+                    summarize(row, run, {"path": f"{row.program}.pte", "bytes": file_bytes, "export_s": 1.0})
+                )
+            pair = {
+                "ours": {"prefill_tps": [2.0, 3.0], "decode_tps": [1.0, 1.1]},
+                "reference": {"prefill_tps": [2.0, 2.0], "decode_tps": [1.0, 1.0]},
+            }
+            paired = {"runner-ours/export-llm": paired_ratios(pair)}
+            case = model_result(args, context // 2 - 32, 64, rows, results, bandwidth, paired, {})
+            models[case_name(shape, context)] = {**case, "shape": shape, "context": context}
+    result = {"read_bandwidth": {"bytes_per_s": bandwidth}, "models": models}
+    result["points"] = sweep_points(result)
+    return result
+
+
+def test_sweep_figure_draws_each_point_under_the_roof_with_labels_apart():
+    from llama2_et.figures.sweep import sweep_figure
+
+    result = synthetic_sweep()
+    fig = sweep_figure(result)
+    ax = fig.axes[0]
+    drawn = np.concatenate([c.get_offsets() for c in ax.collections])
+    expected = np.array([(p["bytes_per_token"] / 2**20, p["decode_tps"]) for p in result["points"]])
+    assert len(result["points"]) == 9 * 6
+    np.testing.assert_allclose(drawn, expected)
+    (roof,) = ax.lines
+    x, y = roof.get_data()
+    np.testing.assert_allclose(y, 5e9 / (x * 2**20))
+    assert x.min() < expected[:, 0].min() and x.max() > expected[:, 0].max()
+    assert ax.get_xscale() == ax.get_yscale() == "log"
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "read roof, 5.0 GB/s" in legend and "8da4w weights" in legend
+    assert {"context 256", "context 1024", "context 2048", "our .pte, C++ runner"} <= set(legend)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    labels = [t for t in ax.texts if "\n" in t.get_text()]
+    assert sorted(t.get_text() for t in labels) == sorted(
+        f"{m}\n{w}" for m in ("stories15M", "stories42M", "stories110M") for w in ("fp32", "8da4w")
+    )
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    boxes.append(ax.title.get_window_extent(renderer))
+    for i, a in enumerate(boxes):  # no label overlaps another, nor the title
+        for b in boxes[i + 1 :]:
+            assert not a.overlaps(b), (a, b)
+    legend_box = ax.get_legend().get_window_extent(renderer)
+    assert all(not legend_box.overlaps(b) for b in boxes)
+    assert all(fig.bbox.contains(b.x0, b.y0) and fig.bbox.contains(b.x1, b.y1) for b in [*boxes, legend_box])

@@ -19,11 +19,14 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from ..checkpoint.meta import save_meta
+from ..config import ModelArgs
 from ..generate import check_fits
 from .models import LONG_CONTEXT_MODEL, MODELS, BenchModel, build_model, eager_reference
 from .profile import format_profile
@@ -37,7 +40,7 @@ from .report import (
     summarize,
 )
 from .roofline import add_roofline
-from .rows import EXPORT_LLM, PAIRS, ROW_KEYS, ROWS, Row, export_programs
+from .rows import EXPORT_LLM, OPTIONAL_ROWS, PAIRS, ROW_KEYS, ROWS, Row, export_programs
 
 __all__ = [
     "LONG_CONTEXT_CASE",
@@ -173,13 +176,29 @@ def bench_model(
         program = programs.get(row.program)
         spec = {**base, "row": row.key, "kind": row.kind, "program": program and program["path"]}
         results.append(summarize(row, measure(spec, work), program))
-    add_ratios(results)
-    add_roofline(results, rows, bm.model.args, len(bm.prompt_ids), new_tokens, bandwidth)
     paired, profiles = measure_pairs(base, work, rows, programs, rounds, progress, bm.name)
+    return model_result(
+        bm.model.args, len(bm.prompt_ids), new_tokens, rows, results, bandwidth, paired, profiles
+    )
+
+
+def model_result(
+    args: ModelArgs,
+    prompt_tokens: int,
+    new_tokens: int,
+    rows: list[Row],
+    results: list[dict],
+    bandwidth: float,
+    paired: dict,
+    profiles: dict,
+) -> dict:
+    """A model's result from its rows' summaries, pairs and profiles; rows gain export_llm ratios and the roof."""
+    add_ratios(results)
+    add_roofline(results, rows, args, prompt_tokens, new_tokens, bandwidth)
     return {
-        "prompt_tokens": len(bm.prompt_ids),
+        "prompt_tokens": prompt_tokens,
         "new_tokens": new_tokens,
-        "params": bm.model.args.to_dict(),
+        "params": args.to_dict(),
         "rows": results,
         "paired_ratios": paired,
         "profile": profiles,
@@ -226,10 +245,44 @@ def run_bench(
     (default: PyTorch's as installed). `bandwidth_buffer` is the bytes summed to measure read bandwidth:
     far more than the last-level cache.
     """
+    cases = [Case(name, partial(build_model, name, prompt_tokens), new_tokens) for name in models]
+    result = run_cases(cases, rows, repeats, rounds, work_dir, threads, bandwidth_buffer, show)
+    write_result(result, out, show)
+    return result
+
+
+def write_result(result: dict, out: str | Path | None, show: Callable[[str], None]) -> None:
+    """The bench's JSON, written to `out` unless it is None."""
+    if out is not None:
+        Path(out).write_text(json.dumps(result, indent=2))
+        show(f"wrote {out}")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One model to bench: its name (and work folder), how to build it with its prompt, the tokens to generate."""
+
+    name: str
+    build: Callable[[], BenchModel]
+    new_tokens: int
+
+
+def run_cases(
+    cases: list[Case],
+    rows: list[str] | None,
+    repeats: int,
+    rounds: int,
+    work_dir: str | Path | None,
+    threads: int | None,
+    bandwidth_buffer: int,
+    show: Callable[[str], None],
+) -> dict:
+    """Measure the read bandwidth, then bench each case in turn (run_bench's arguments): the bench's result."""
     from tqdm import tqdm
 
-    check_bench_args(rows, repeats, rounds, new_tokens)
-    selected = [r for r in ROWS if rows is None or r.key in rows]
+    for case in cases:
+        check_bench_args(rows, repeats, rounds, case.new_tokens)
+    selected = [r for r in ROWS + OPTIONAL_ROWS if r.key in rows] if rows else list(ROWS)
     threads = threads or torch.get_num_threads()
     result = {
         "machine": machine_info(),
@@ -243,14 +296,17 @@ def run_bench(
         work.mkdir(parents=True, exist_ok=True)
         result["read_bandwidth"] = measure_bandwidth(work, threads, bandwidth_buffer)
         show(format_bandwidth(result["read_bandwidth"]))
-        for name in models:
-            bm = build_model(name, prompt_tokens)
-            check_fits(len(bm.prompt_ids), new_tokens, bm.model.args.max_seq_len, f"the context of {name}")
+        for i, case in enumerate(cases, 1):
+            show(f"[{i}/{len(cases)}] {case.name}: building the model and its prompt")
+            bm = case.build()
+            check_fits(
+                len(bm.prompt_ids), case.new_tokens, bm.model.args.max_seq_len, f"the context of {bm.name}"
+            )
             model_result = bench_model(
                 bm,
-                work / name,
+                work / case.name,
                 selected,
-                new_tokens,
+                case.new_tokens,
                 repeats,
                 rounds,
                 tqdm,
@@ -258,9 +314,6 @@ def run_bench(
                 threads,
                 work_dir is not None,
             )
-            result["models"][name] = model_result
-            show_model(name, model_result, show)
-    if out is not None:
-        Path(out).write_text(json.dumps(result, indent=2))
-        show(f"wrote {out}")
+            result["models"][case.name] = model_result
+            show_model(case.name, model_result, show)
     return result

@@ -36,17 +36,27 @@ def build_model(name: str, prompt_tokens: int) -> BenchModel:
     stories15M-shape-1k: the same with a 1024-position context; stories260K: the real checkpoint.
     """
     if name in ("stories15M-shape", LONG_CONTEXT_MODEL):
-        torch.manual_seed(0)
-        args = preset("stories15M")
-        model = Transformer(args.replace(max_seq_len=LONG_CONTEXT) if name == LONG_CONTEXT_MODEL else args)
-        tokenizer = Tokenizer(assets.resolve_tokenizer("llama2"))
-    elif name == "stories260K":
-        model = load_checkpoint(assets.resolve_checkpoint("stories260K"))
-        tokenizer = Tokenizer(assets.resolve_tokenizer("stories260K"))
-    else:
+        context = LONG_CONTEXT if name == LONG_CONTEXT_MODEL else preset("stories15M").max_seq_len
+        return shaped_model(name, "stories15M", context, prompt_tokens)
+    if name != "stories260K":
         raise ValueError(f"unknown bench model {name!r}; choose from {', '.join(KNOWN_MODELS)}")
+    model = load_checkpoint(assets.resolve_checkpoint("stories260K"))
+    tokenizer = Tokenizer(assets.resolve_tokenizer("stories260K"))
     prompt, ids = fixed_prompt(tokenizer, prompt_tokens)
-    return BenchModel(name, model.eval(), tokenizer, prompt, ids, trained=name == "stories260K")
+    return BenchModel(name, model.eval(), tokenizer, prompt, ids, trained=True)
+
+
+TOKENIZER_OF_VOCAB = {32000: "llama2", 512: "stories260K"}  # the tokenizers of the presets' vocabularies
+
+
+def shaped_model(name: str, shape: str, context: int, prompt_tokens: int) -> BenchModel:
+    """A model with the hyper-parameters of preset `shape`, `context` positions and random weights (seed 0)."""
+    args = preset(shape).replace(max_seq_len=context)
+    torch.manual_seed(0)
+    model = Transformer(args)
+    tokenizer = Tokenizer(assets.resolve_tokenizer(TOKENIZER_OF_VOCAB[args.vocab_size]))
+    prompt, ids = fixed_prompt(tokenizer, prompt_tokens)
+    return BenchModel(name, model.eval(), tokenizer, prompt, ids, trained=False)
 
 
 STORY = (

@@ -70,7 +70,11 @@ ROWS = (
         "8da4w-e8",
     ),
 )
-ROW_KEYS = tuple(r.key for r in ROWS)
+# Rows measured only when named (--rows, the sweep): not in the default bench.
+OPTIONAL_ROWS = (
+    Row("cpp-8da4w", f"our C++ runner ({GATHER} .pte, XNNPACK 8da4w)", "cpp", f"{GATHER}-8da4w", "8da4w"),
+)
+ROW_KEYS = tuple(r.key for r in ROWS + OPTIONAL_ROWS)
 # Rows measured alternating in one process, (ours, reference): load drifts cancel in each round's ratio.
 PAIRS = (
     ("runner-ours", EXPORT_LLM),  # same runner, so only the programs differ
@@ -112,7 +116,11 @@ def export_programs(
         path = work / f"{key}.pte"
         reused = reuse and path.is_file()
         start = time.perf_counter()
-        report = None if reused else builders[key](path)
+        report = None
+        if not reused:  # written beside, then renamed: an interrupted export leaves no file to reuse
+            partial = path.with_suffix(".partial.pte")
+            report = builders[key](partial)
+            partial.replace(path)
         export_s = None if reused else time.perf_counter() - start
         programs[key] = {"path": str(path), "bytes": path.stat().st_size, "export_s": export_s}
         if hasattr(report, "delegate_calls"):  # our export reports what it delegated
