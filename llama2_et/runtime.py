@@ -3,7 +3,7 @@
 `PteDecoder` implements the decoder protocol of generate.py (`max_seq_len`, `vocab_size`,
 `stop_ids`, `reset()`, `step(tokens, start_pos) -> logits (V,)`), so the same generation loop and
 samplers drive eager PyTorch and the exported program, and greedy output matches token for token.
-It serves every program design (contract.py), told apart by their inputs: (tokens, input_pos) for
+It serves every program design (designs.py), told apart by their inputs: (tokens, input_pos) for
 the gather and narrow designs, (tokens, cos, sin, mask, input_pos) for the preproc design, for
 which this class slices the RoPE tables and the mask itself (`TableWindows`).
 """

@@ -29,8 +29,9 @@ class Row:
 ROWS = (
     Row("eager-nocache", "eager PyTorch, no cache", "eager-nocache", kv_read="none"),
     Row("eager", "eager PyTorch, KV cache", "eager"),
-    Row("pte-portable", "our .pte portable (preproc, Python runtime)", "pte", "portable"),
-    Row("pte-xnnpack", "our .pte XNNPACK fp32 (preproc, Python runtime)", "pte", "xnnpack"),
+    # the preproc design, fed filled-prefix masks by PteDecoder, attends to the filled positions only
+    Row("pte-portable", "our .pte portable (preproc, Python runtime)", "pte", "portable", kv_read="filled"),
+    Row("pte-xnnpack", "our .pte XNNPACK fp32 (preproc, Python runtime)", "pte", "xnnpack", kv_read="filled"),
     Row("cpp", f"our C++ runner ({GATHER} .pte, XNNPACK fp32)", "cpp", GATHER),
     Row("runner-ours", f"TextLLMRunner (our {GATHER} .pte, XNNPACK fp32)", "text-runner", GATHER),
     Row(

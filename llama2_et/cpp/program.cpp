@@ -125,7 +125,7 @@ Program::Program(const std::string& path) : path_(path), module_(path, Module::L
     check_table_shapes(*module_.method_meta("forward"));
     const auto head_dim = static_cast<float>(2 * table_half_);
     const auto theta = static_cast<float>(number_constant(contract::kGetRopeTheta));  // no shape holds it
-    for (int64_t i = 0; i < table_half_; ++i) {  // float32 throughout, as preproc.rope_tables
+    for (int64_t i = 0; i < table_half_; ++i) {  // float32 throughout, as model.rope_tables
       inv_freq_.push_back(1.0f / std::pow(theta, static_cast<float>(2 * i) / head_dim));
     }
   }
