@@ -96,6 +96,16 @@ def _portable_ops(graph_module: torch.fx.GraphModule) -> Counter:
     return ops
 
 
+def _initialize_buffers(program: torch.export.ExportedProgram, patterns: list[str]) -> None:
+    """Mark the buffers of one method whose names contain a pattern to carry their initial content.
+
+    What `InitializedMutableBufferPass` does for every method of a program, for this one alone.
+    """
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and any(pattern in node.name for pattern in patterns):
+            node.meta["et_init_buffer"] = True
+
+
 def export_pte(
     model: Transformer,
     out_path: str | Path,
@@ -108,39 +118,64 @@ def export_pte(
     eos_ids: tuple[int, ...] = contract.STOP_IDS,
     quantize_embedding: int | None = None,
     embedding_group_size: int | None = None,
+    buckets: tuple[int, ...] = (),
 ) -> ExportReport:
     """Export model to a .pte file and report what was delegated, the size and the time taken.
 
     quantize_embedding: 4 or 8 to store the token table weight-only quantized (see
     `quantize.quantize_embedding_table`), in groups of embedding_group_size values (None: one scale per row).
+    buckets: widths W < max_seq_len of the gather design's narrower methods forward_<W>, which attend
+    the first W cache positions and share forward's KV cache (`designs.bucket_programs`); a runtime
+    calls the narrowest that covers its positions, so decode reads no more than it must.
     """
     from executorch.devtools.backend_debug import get_delegation_info
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir.passes import MemoryPlanningPass
     from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
 
     entry = backend_entry(backend)
     designs.check_design(design)
+    if buckets and design != "gather":
+        raise ValueError(f"buckets are methods of the gather design, not of {design!r}")
     out_path = check_output_path(out_path, ".pte")  # before the minutes an export takes
     started = time.perf_counter()
     prepared = prepare_for_export(model, backend, max_seq_len)
     quantize_embedding_table(prepared, quantize_embedding, embedding_group_size)
     quantized = quantize_linears(prepared, quantize_scheme, group_size)
-    program, inputs, dynamic_shapes = program_and_inputs(prepared, design)
+    if buckets:
+        methods = designs.bucket_programs(prepared, buckets)
+    else:
+        methods = {"forward": program_and_inputs(prepared, design)}
     with torch.no_grad():
-        exported = torch.export.export(program, inputs, dynamic_shapes=dynamic_shapes, strict=False)
+        exported = {
+            name: torch.export.export(program, inputs, dynamic_shapes=shapes, strict=False)
+            for name, (program, inputs, shapes) in methods.items()
+        }
     edge = to_edge_transform_and_lower(
         exported,
         partitioner=entry.partitioners() or None,
         constant_methods=contract.metadata(prepared.args, bos_id, eos_ids),
         compile_config=EdgeCompileConfig(preserve_ops=list(entry.preserve_ops)),
     )
-    graph = edge.exported_program().graph_module
+    graph = edge.exported_program("forward").graph_module
     info = get_delegation_info(graph)
     portable = _portable_ops(graph)
     # A mutated buffer's initial content is unspecified unless the program carries it: serialize
     # the caches' zeros, so the first call reads zeros (not arena garbage, which 0 * NaN would leak)
-    zeroed_cache = InitializedMutableBufferPass(["k_cache", "v_cache"])
-    et_program = edge.to_executorch(ExecutorchBackendConfig(passes=[zeroed_cache], run_reinplace_pass=True))
+    zeroed_cache = ["k_cache", "v_cache"]
+    if not buckets:
+        config = ExecutorchBackendConfig(
+            passes=[InitializedMutableBufferPass(zeroed_cache)], run_reinplace_pass=True
+        )
+    else:
+        # one cache for every method: planned once (memory id 2) at the same offsets in each, and
+        # its zeros serialized with forward's alone (each method's copy would add the cache's size)
+        _initialize_buffers(edge.exported_program("forward"), zeroed_cache)
+        # (unnamed: the emitter stores the zeros of same-sized buffers once only for unnamed ones)
+        config = ExecutorchBackendConfig(
+            run_reinplace_pass=True, memory_planning_pass=MemoryPlanningPass(share_mutable_buffers=True)
+        )
+    et_program = edge.to_executorch(config)
     # sealed with its content hash (integrity.py); a failed write leaves the previous file as it was
     atomic_write_bytes(out_path, integrity.sealed(et_program.buffer))
     return ExportReport(

@@ -5,7 +5,9 @@
 samplers drive eager PyTorch and the exported program, and greedy output matches token for token.
 It serves every program design (contract.py), told apart by their inputs: (tokens, input_pos) for
 the gather and narrow designs, (tokens, cos, sin, mask, input_pos) for the preproc design, for
-which this class slices the RoPE tables and the mask itself (`TableWindows`).
+which this class slices the RoPE tables and the mask itself (`TableWindows`). A bucketed gather
+program (export_pte(buckets=...)) adds methods forward_<W> that attend the first W cache positions
+only, sharing forward's cache; each step calls the narrowest that covers its positions.
 """
 
 from __future__ import annotations
@@ -60,6 +62,10 @@ class PteDecoder:
             ) from None
         if self.method is None:
             raise ValueError(f"{path} has no 'forward' method; {EXPORT_HINT}")
+        # every bucket loaded now, after forward: loading a method sets its initialized buffers,
+        # and forward's zeros must reach the shared cache before any step, never after one
+        widths = {designs.bucket_width(name): name for name in self.program.method_names}
+        self.buckets = [(w, self.program.load_method(widths[w])) for w in sorted(widths.keys() - {None})]
         self.metadata = self._read_metadata()
         n_inputs = self.method.metadata.num_inputs()
         self.signature = designs.signature_of(n_inputs)
@@ -85,10 +91,17 @@ class PteDecoder:
                 f"ExecuTorch LLM program; {EXPORT_HINT}"
             )
         values = {}
-        for name in names - {"forward"}:
+        for name in names - {"forward", *self._bucket_names()}:
             out = self.program.load_method(name).execute([])
             values[name] = out[0] if len(out) == 1 and name != contract.GET_EOS_IDS else list(out)
         return values
+
+    def _bucket_names(self) -> set[str]:
+        return {name for name in self.program.method_names if designs.bucket_width(name) is not None}
+
+    def _method_for(self, end: int):
+        """The narrowest method whose attended width covers positions ..end-1: a bucket, or forward."""
+        return next((method for width, method in self.buckets if end <= width), self.method)
 
     def _check_inputs(self) -> None:
         """The forward inputs must have the dtypes of the signature (contract.py)."""
@@ -149,7 +162,7 @@ class PteDecoder:
             # cos, sin (L, Dh/2), mask (L, pos + L): attention reads the filled cache only, input_pos (L,)
             inputs = [x, *self.windows.window(start_pos, n, filled_only=True)]
         try:
-            logits = self.method.execute(inputs)[0]  # (1, V)
+            logits = self._method_for(start_pos + n).execute(inputs)[0]  # (1, V)
         except RuntimeError as exc:
             raise RuntimeError(
                 f"{self.path}: forward failed at positions {start_pos}..{start_pos + n - 1}: {exc}"
