@@ -1,6 +1,8 @@
 #include "program.h"
 
 #include <executorch/extension/tensor/tensor.h>
+#include <executorch/runtime/backend/interface.h>
+#include <executorch/runtime/backend/options.h>
 #include <executorch/runtime/platform/platform.h>
 #include <executorch/runtime/platform/runtime.h>
 
@@ -95,6 +97,15 @@ std::string shape_text(const std::vector<int64_t>& sizes) {  // "(128, 4)"
   return text + (sizes.size() == 1 ? ",)" : ")");
 }
 
+// XNNPACK packs a delegate's weights when its method loads: every method of a bucketed program
+// would hold its own packed copy. Its weight cache packs each weight once, for every method.
+void share_packed_weights() {
+  executorch::runtime::BackendOptions<1> options;
+  Error error = options.set_option("weight_cache_enabled", true);
+  if (error == Error::Ok) error = executorch::runtime::set_option("XnnpackBackend", options.view());
+  if (error != Error::Ok) throw std::runtime_error(describe("cannot enable XNNPACK's weight cache", error));
+}
+
 }  // namespace
 
 size_t size_thread_pool(long long threads) {
@@ -112,6 +123,7 @@ size_t size_thread_pool(long long threads) {
 Program::Program(const std::string& path)
     : path_(path), module_(path, Module::LoadMode::Mmap, nullptr, nullptr, nullptr, /*share_memory_arenas=*/true) {
   init_runtime();
+  share_packed_weights();
   sealed_ = verify_seal(path) == Seal::kVerified;  // before ExecuTorch reads a byte of it
   const std::string not_ours = "; export it with `python -m llama2_et export`";
   Error error = module_.load(executorch::runtime::Program::Verification::InternalConsistency);
