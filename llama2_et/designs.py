@@ -16,6 +16,11 @@ why there are three; `SIGNATURES` names each one's inputs, which the runtimes te
   and every op it feeds stays delegable. Its mask rows keep all Lm columns, so attention reads the
   whole cache and masks the empty slots: cutting them at input_pos + L would make the width a value
   read from a tensor, which XNNPACK does not delegate. The package exports it by default.
+
+A gather program may also carry buckets (`bucket_programs`): methods forward_<W> whose mask keeps
+its first W columns, a width fixed at export, so XNNPACK delegates them too; they share forward's
+KV cache, and a runtime calls the narrowest whose W covers the step's positions. Decode then reads
+about as many cache positions as are filled, at the cost of copying that prefix out of the cache.
 """
 
 from __future__ import annotations
