@@ -161,6 +161,7 @@ def test_generated_contract_header_holds_the_contract(runner):
     signatures = {k: v for k, v in vars(designs).items() if isinstance(v, designs.Signature)}
     for name, signature in signatures.items():
         expected |= {f"{name}_NAMES": signature.names, f"{name}_DTYPES": signature.dtypes}
+    expected["BUCKET_PREFIX"] = designs.BUCKET_PREFIX
     assert header_constants(header) == expected
     assert set(designs.SIGNATURES.values()) <= set(signatures.values())
     assert (
