@@ -33,6 +33,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def widths(text: str) -> tuple[int, ...]:
+    """Comma-separated positive ints, e.g. 256,512,768 (argparse type)."""
+    try:
+        return tuple(positive_int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected widths like 256,512,768, got {text!r}") from None
+
+
 def non_negative_int(text: str) -> int:
     """An int >= 0 (argparse type)."""
     value = int(text)
@@ -148,6 +156,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         group_size=args.group_size,
         quantize_embedding=args.quantize_embedding,
         embedding_group_size=args.embedding_group_size,
+        buckets=args.buckets,
     )
     print(report.summary())
 
@@ -256,6 +265,13 @@ def _add_export_args(sub: argparse._SubParsersAction) -> None:
         type=positive_int,
         default=None,
         help="--quantize-embedding: table values per scale, a divisor of dim (default: one scale per row)",
+    )
+    p.add_argument(
+        "--buckets",
+        type=widths,
+        default=(),
+        help="gather design: widths W < max-seq-len of extra methods forward_<W> that attend the first W "
+        "cache positions only, e.g. 256,512,768; the runtimes call the narrowest covering each step",
     )
     p.set_defaults(func=cmd_export)
 

@@ -16,6 +16,11 @@ why there are three; `SIGNATURES` names each one's inputs, which the runtimes te
   and every op it feeds stays delegable. Its mask rows keep all Lm columns, so attention reads the
   whole cache and masks the empty slots: cutting them at input_pos + L would make the width a value
   read from a tensor, which XNNPACK does not delegate. The package exports it by default.
+
+A gather program may also carry buckets (`bucket_programs`): methods forward_<W> whose mask keeps
+its first W columns, a width fixed at export, so XNNPACK delegates them too; they share forward's
+KV cache, and a runtime calls the narrowest whose W covers the step's positions. Decode then reads
+about as many cache positions as are filled, at the cost of copying that prefix out of the cache.
 """
 
 from __future__ import annotations
@@ -109,6 +114,46 @@ class PreprocProgram(nn.Module):
         return model.output(model.hidden(tokens, cos, sin, mask, input_pos)[:, -1, :])  # (1, V)
 
 
+class PrefixProgram(nn.Module):
+    """forward(tokens (1, L), input_pos (1,)) of the gather design, attending the first `width` cache positions.
+
+    A bucketed program holds one per width (its methods, `bucket_methods`), all sharing the model's
+    KV cache; a runtime calls the narrowest whose width covers input_pos + L.
+    """
+
+    def __init__(self, model: Transformer, width: int):
+        super().__init__()
+        self.model, self.width = model, width
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        return self.model.attend_prefix(tokens, input_pos, self.width)  # (1, V)
+
+
+BUCKET_PREFIX = "forward_"  # a bucket's method: forward_<width>; "forward" itself reads all Lm positions
+
+
+def bucket_method(width: int) -> str:
+    """The method name of the bucket that attends the first `width` cache positions."""
+    return f"{BUCKET_PREFIX}{width}"
+
+
+def bucket_width(method: str) -> int | None:
+    """The width of a bucket's method name, or None for any other method."""
+    tail = method.removeprefix(BUCKET_PREFIX)
+    return int(tail) if method.startswith(BUCKET_PREFIX) and tail.isdigit() else None
+
+
+def check_buckets(buckets: tuple[int, ...], max_seq_len: int) -> tuple[int, ...]:
+    """The bucket widths sorted, each in 2..max_seq_len - 1 (max_seq_len is forward itself), or a ValueError."""
+    bad = [w for w in buckets if not 2 <= w < max_seq_len]
+    if bad:
+        raise ValueError(
+            f"bucket widths {bad} must be in 2..{max_seq_len - 1}: forward already reads all "
+            f"{max_seq_len} positions (max_seq_len)"
+        )
+    return tuple(sorted(set(buckets)))
+
+
 def program(model: Transformer, design: str) -> nn.Module:
     """The module to export for a design: a wrapper for narrow and preproc, the model itself for gather."""
     if check_design(design) == "gather":
@@ -133,3 +178,21 @@ def program_and_inputs(
         mask = {0: length, 1: attended}
         return module, inputs, ({1: length}, {0: length}, {0: length}, mask, {0: length})
     return module, (tokens, torch.tensor([0])), ({1: length}, None)
+
+
+def bucket_programs(
+    model: Transformer, buckets: tuple[int, ...], seq_len: int = 2
+) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...], tuple]]:
+    """The methods of a bucketed gather program: name -> (module, example inputs, dynamic shapes).
+
+    "forward" reads the whole cache (width Lm) and each bucket's forward_<W> the first W positions,
+    taking up to W tokens. Every module wraps the same model, so their KV cache buffers have the
+    same names, the names by which the methods share one cache.
+    """
+    methods = {}
+    for width in (*check_buckets(buckets, model.args.max_seq_len), model.args.max_seq_len):
+        name = "forward" if width == model.args.max_seq_len else bucket_method(width)
+        length = Dim("seq_len", min=1, max=width)
+        tokens = torch.zeros(1, seq_len, dtype=torch.long)  # (1, L)
+        methods[name] = (PrefixProgram(model, width), (tokens, torch.tensor([0])), ({1: length}, None))
+    return methods

@@ -4,9 +4,9 @@
 1. `prepare_for_export`: a batch-1 copy of the model with its KV cache at the export's context,
    and the backend's source transformations applied (backends.py, transforms.py);
 2. optional quantization of the linears and of the token embedding (quantize.py);
-3. torch.export of a program design (designs.py; "gather" by default) with one `Dim` for the token
-   count, so one program serves prefill and decode, the KV cache held as mutable buffers, and
-   the buffers it never reads dropped (`drop_unread_buffers`);
+3. `trace`: torch.export of a program design (designs.py; "gather" by default) with a `Dim` for
+   the token count, so one program serves prefill and decode, the KV cache held as mutable
+   buffers, and the buffers it never reads dropped (`drop_unread_buffers`);
 4. `lower`: `to_edge_transform_and_lower` with the backend's partitioners and the metadata methods
    of the contract (contract.py) that ExecuTorch's TextLLMRunner and our runtimes read;
 5. `to_program`: `to_executorch` (memory planning, the caches' zeros), then a sealed .pte.
@@ -97,6 +97,16 @@ def _portable_ops(graph_module: torch.fx.GraphModule) -> Counter:
     return ops
 
 
+def _initialize_buffers(program: torch.export.ExportedProgram, patterns: list[str]) -> None:
+    """Mark the buffers of one method whose names contain a pattern to carry their initial content.
+
+    What `InitializedMutableBufferPass` does for every method of a program, for this one alone.
+    """
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and any(pattern in node.name for pattern in patterns):
+            node.meta["et_init_buffer"] = True
+
+
 def drop_unread_buffers(exported: torch.export.ExportedProgram) -> list[str]:
     """Remove the buffers the graph never reads (the preproc design's program holds the model's own
     RoPE tables and mask but is fed slices instead), so the file does not store them; their names."""
@@ -116,10 +126,32 @@ def drop_unread_buffers(exported: torch.export.ExportedProgram) -> list[str]:
     return [spec.target for spec in unread]
 
 
-def lower(exported: torch.export.ExportedProgram, backend: str, metadata: dict):
-    """An ExportedProgram -> the edge dialect, the backend's delegates in place (EdgeProgramManager).
+def trace(
+    prepared: Transformer, design: str, buckets: tuple[int, ...] = ()
+) -> dict[str, torch.export.ExportedProgram]:
+    """torch.export of a design's program by method name: forward, and a bucketed program's forward_<W>.
 
-    metadata: the constant methods the program carries (contract.metadata).
+    Each without the buffers its graph never reads (`drop_unread_buffers`).
+    """
+    if buckets:
+        methods = designs.bucket_programs(prepared, buckets)
+    else:
+        methods = {"forward": program_and_inputs(prepared, design)}
+    with torch.no_grad():  # the KV cache is written in place, not a tensor to differentiate
+        exported = {
+            name: torch.export.export(program, inputs, dynamic_shapes=shapes, strict=False)
+            for name, (program, inputs, shapes) in methods.items()
+        }
+    for method in exported.values():
+        drop_unread_buffers(method)
+    return exported
+
+
+def lower(exported: dict[str, torch.export.ExportedProgram], backend: str, metadata: dict):
+    """ExportedPrograms by method name -> the edge dialect, the backend's delegates in place.
+
+    Returns the EdgeProgramManager. metadata: the constant methods the program carries
+    (contract.metadata).
     """
     from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
 
@@ -132,19 +164,31 @@ def lower(exported: torch.export.ExportedProgram, backend: str, metadata: dict):
     )
 
 
-def to_program(edge):
+def to_program(edge, shared_cache: bool = False):
     """The edge program -> an ExecuTorch program, planned and ready to serialize (its `.buffer`).
 
     to_executorch rewrites the edge graph in place (out variants, allocations): read what was
-    delegated before calling it.
+    delegated before calling it. shared_cache: the methods of a bucketed program share forward's
+    KV cache.
     """
     from executorch.exir import ExecutorchBackendConfig
+    from executorch.exir.passes import MemoryPlanningPass
     from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
 
     # A mutated buffer's initial content is unspecified unless the program carries it: serialize
     # the caches' zeros, so the first call reads zeros (not arena garbage, which 0 * NaN would leak)
-    zeroed_cache = InitializedMutableBufferPass(["k_cache", "v_cache"])
-    return edge.to_executorch(ExecutorchBackendConfig(passes=[zeroed_cache], run_reinplace_pass=True))
+    zeroed_cache = ["k_cache", "v_cache"]
+    if not shared_cache:
+        config = ExecutorchBackendConfig(
+            passes=[InitializedMutableBufferPass(zeroed_cache)], run_reinplace_pass=True
+        )
+        return edge.to_executorch(config)
+    # one cache for every method: planned once (memory id 2) at the same offsets in each, and
+    # its zeros serialized with forward's alone (each method's copy would add the cache's size)
+    _initialize_buffers(edge.exported_program("forward"), zeroed_cache)
+    # (unnamed: the emitter stores the zeros of same-sized buffers once only for unnamed ones)
+    planning = MemoryPlanningPass(share_mutable_buffers=True)
+    return edge.to_executorch(ExecutorchBackendConfig(run_reinplace_pass=True, memory_planning_pass=planning))
 
 
 def export_pte(
@@ -159,30 +203,32 @@ def export_pte(
     eos_ids: tuple[int, ...] = contract.STOP_IDS,
     quantize_embedding: int | None = None,
     embedding_group_size: int | None = None,
+    buckets: tuple[int, ...] = (),
 ) -> ExportReport:
     """Export model to a .pte file and report what was delegated, the size and the time taken.
 
     quantize_embedding: 4 or 8 to store the token table weight-only quantized (see
     `quantize.quantize_embedding_table`), in groups of embedding_group_size values (None: one scale per row).
+    buckets: widths W < max_seq_len of the gather design's narrower methods forward_<W>, which attend
+    the first W cache positions and share forward's KV cache (`designs.bucket_programs`); a runtime
+    calls the narrowest that covers its positions, so decode reads no more than it must.
     """
     from executorch.devtools.backend_debug import get_delegation_info
 
     backend_entry(backend)  # an unknown backend or design is refused before the minutes an export takes
     designs.check_design(design)
+    if buckets and design != "gather":
+        raise ValueError(f"buckets are methods of the gather design, not of {design!r}")
     out_path = check_output_path(out_path, ".pte")  # before the minutes an export takes
     started = time.perf_counter()
     prepared = prepare_for_export(model, backend, max_seq_len)
     quantize_embedding_table(prepared, quantize_embedding, embedding_group_size)
     quantized = quantize_linears(prepared, quantize_scheme, group_size)
-    program, inputs, dynamic_shapes = program_and_inputs(prepared, design)
-    with torch.no_grad():
-        exported = torch.export.export(program, inputs, dynamic_shapes=dynamic_shapes, strict=False)
-    drop_unread_buffers(exported)
-    edge = lower(exported, backend, contract.metadata(prepared.args, bos_id, eos_ids))
-    graph = edge.exported_program().graph_module
+    edge = lower(trace(prepared, design, buckets), backend, contract.metadata(prepared.args, bos_id, eos_ids))
+    graph = edge.exported_program("forward").graph_module
     info = get_delegation_info(graph)
     portable = _portable_ops(graph)
-    et_program = to_program(edge)
+    et_program = to_program(edge, shared_cache=bool(buckets))
     # sealed with its content hash (integrity.py); a failed write leaves the previous file as it was
     atomic_write_bytes(out_path, integrity.sealed(et_program.buffer))
     return ExportReport(

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelArgs
-from .kv_cache import KVCache
+from .kv_cache import KVCache, filled_prefix
 
 
 def rope_tables(head_dim: int, max_seq_len: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,13 +154,26 @@ class Transformer(nn.Module):
         if input_pos is None:  # decided at trace time, like the cache branch in Attention
             cos, sin = self.rope_cos[:seq_len], self.rope_sin[:seq_len]  # (L, Dh/2)
             return self.output(self.hidden(tokens, cos, sin, self.causal_mask[:seq_len, :seq_len]))
+        return self.attend_prefix(tokens, input_pos, self.args.max_seq_len)
+
+    def attend_prefix(self, tokens: torch.Tensor, input_pos: torch.Tensor, width: int) -> torch.Tensor:
+        """Logits (B, V) of the last of tokens (B, L) at positions input_pos (1,) onward, reading
+        the first `width` cache positions (W): correct while input_pos + L <= width.
+
+        width is fixed when the program is traced (a shape, not a value), so XNNPACK delegates
+        every op; forward reads the whole cache (width Lm), a bucketed program (designs.py) adds
+        narrower methods for the early positions.
+        """
         if getattr(self.layers[0].attention, "kv_cache", None) is None:
             raise ValueError("forward(tokens, input_pos) writes the KV cache: call setup_kv_cache() first")
+        if not 1 <= width <= self.args.max_seq_len:
+            raise ValueError(f"width={width} must be in 1..{self.args.max_seq_len} (max_seq_len)")
         # gather the rows of positions input_pos + arange(L): their count is L, a shape, not a value
-        positions = torch.arange(seq_len, dtype=torch.long) + input_pos  # (L,)
+        positions = torch.arange(tokens.shape[1], dtype=torch.long) + input_pos  # (L,)
         cos = self.rope_cos.index_select(0, positions)  # (L, Dh/2)
         sin = self.rope_sin.index_select(0, positions)
-        mask = self.causal_mask.index_select(0, positions)  # (L, Lm): every cache slot, empty ones masked
+        # rows first, then columns: the columns of L rows, not of the whole (Lm, Lm) table
+        mask = filled_prefix(self.causal_mask.index_select(0, positions), 1, width)  # (L, W)
         return self.output(self.hidden(tokens, cos, sin, mask, positions)[:, -1, :])
 
     def hidden(

@@ -5,11 +5,14 @@
 samplers drive eager PyTorch and the exported program, and greedy output matches token for token.
 It serves every program design (designs.py), told apart by their inputs: (tokens, input_pos) for
 the gather and narrow designs, (tokens, cos, sin, mask, input_pos) for the preproc design, for
-which this class slices the RoPE tables and the mask itself (`TableWindows`).
+which this class slices the RoPE tables and the mask itself (`TableWindows`). A bucketed gather
+program (export_pte(buckets=...)) adds methods forward_<W> that attend the first W cache positions
+only, sharing forward's cache; each step calls the narrowest that covers its positions.
 """
 
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 
 import torch
@@ -34,6 +37,41 @@ def register_llm_custom_ops() -> None:
     from executorch.kernels import quantized  # noqa: F401
 
 
+# executorch::runtime::set_option(const char*, Span<BackendOption>) in the wheel's libexecutorch.so,
+# which the Python bindings do not expose; BackendOption is {char key[64]; std::variant<bool, int,
+# std::array<char, 256>> value}: 256 bytes of value, then the variant's index (0: bool), padded to 4.
+SET_OPTION_SYMBOL = "_ZN10executorch7runtime10set_optionEPKcNS0_4SpanINS0_13BackendOptionEEE"
+
+
+class _BackendOption(ctypes.Structure):
+    _fields_ = [("key", ctypes.c_char * 64), ("value", ctypes.c_uint8 * 256), ("index", ctypes.c_uint32)]
+
+
+def share_packed_weights() -> None:
+    """Turn on XNNPACK's weight cache for this process: a weight is packed once for every method.
+
+    Without it each method's delegate packs its own copy when the method loads, so a bucketed
+    program holds its weights once per method (stories15M, 8 methods: +415 MiB RSS, load 0.3 -> 0.8 s).
+    The C++ runner sets the same option through ExecuTorch's C++ API; Python has no binding for
+    it, so this calls that function in the wheel's libexecutorch.so, declared as ExecuTorch 1.5
+    declares it (tests/test_runtime.py checks the effect).
+    """
+    import executorch
+
+    library = Path(executorch.__path__[0]) / "lib" / "libexecutorch.so"
+    try:
+        set_option = getattr(ctypes.CDLL(str(library)), SET_OPTION_SYMBOL)
+    except (OSError, AttributeError) as exc:
+        raise RuntimeError(f"cannot find ExecuTorch's set_option in {library} ({exc})") from None
+    set_option.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t]  # name, Span {data, size}
+    set_option.restype = ctypes.c_int  # executorch::runtime::Error, 0 = Ok
+    option = _BackendOption(key=b"weight_cache_enabled", index=0)  # the bool alternative
+    option.value[0] = 1  # true
+    error = set_option(b"XnnpackBackend", ctypes.addressof(option), 1)
+    if error != 0:
+        raise RuntimeError(f"XNNPACK refused weight_cache_enabled (ExecuTorch error {error})")
+
+
 class PteDecoder:
     """An exported program (.pte) with its KV cache in the program's mutable buffers."""
 
@@ -53,6 +91,8 @@ class PteDecoder:
         self.path = path
         try:
             self.program = Runtime.get().load_program(path, enable_etdump=enable_etdump)
+            if any(designs.bucket_width(name) for name in self.program.method_names):
+                share_packed_weights()  # before any method loads (and packs its weights)
             self.method = (
                 self.program.load_method("forward") if "forward" in self.program.method_names else None
             )
@@ -62,6 +102,10 @@ class PteDecoder:
             ) from None
         if self.method is None:
             raise ValueError(f"{path} has no 'forward' method; {EXPORT_HINT}")
+        # every bucket loaded now, after forward: loading a method sets its initialized buffers,
+        # and forward's zeros must reach the shared cache before any step, never after one
+        widths = {designs.bucket_width(name): name for name in self.program.method_names}
+        self.buckets = [(w, self.program.load_method(widths[w])) for w in sorted(widths.keys() - {None})]
         self.metadata = self._read_metadata()
         n_inputs = self.method.metadata.num_inputs()
         self.signature = designs.signature_of(n_inputs)
@@ -87,10 +131,17 @@ class PteDecoder:
                 f"ExecuTorch LLM program; {EXPORT_HINT}"
             )
         values = {}
-        for name in names - {"forward"}:
+        for name in names - {"forward", *self._bucket_names()}:
             out = self.program.load_method(name).execute([])
             values[name] = out[0] if len(out) == 1 and name != contract.GET_EOS_IDS else list(out)
         return values
+
+    def _bucket_names(self) -> set[str]:
+        return {name for name in self.program.method_names if designs.bucket_width(name) is not None}
+
+    def _method_for(self, end: int):
+        """The narrowest method whose attended width covers positions ..end-1: a bucket, or forward."""
+        return next((method for width, method in self.buckets if end <= width), self.method)
 
     def _check_inputs(self) -> None:
         """The forward inputs must have the dtypes of the signature (contract.py)."""
@@ -145,7 +196,7 @@ class PteDecoder:
             # cos, sin (L, Dh/2), mask (L, pos + L): attention reads the filled cache only, input_pos (L,)
             inputs = [x, *self.windows.window(start_pos, n, filled_only=True)]
         try:
-            logits = self.method.execute(inputs)[0]  # (1, V)
+            logits = self._method_for(start_pos + n).execute(inputs)[0]  # (1, V)
         except RuntimeError as exc:
             raise RuntimeError(
                 f"{self.path}: forward failed at positions {start_pos}..{start_pos + n - 1}: {exc}"

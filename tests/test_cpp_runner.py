@@ -77,6 +77,27 @@ def test_greedy_equals_eager(runner, ptes, data_dir, design, prompt):
     assert "prefill:" in as_text.stderr and "decode:" in as_text.stderr
 
 
+@pytest.fixture(scope="module")
+def bucketed_pte(stories260k, pte_context, tmp_path_factory):
+    """stories260K, gather design on XNNPACK, with buckets forward_32 and forward_64 beside forward."""
+    from llama2_et.export import export_pte
+
+    path = tmp_path_factory.mktemp("buckets") / "stories260K_buckets.pte"
+    return export_pte(stories260k, path, max_seq_len=pte_context, buckets=(32, 64)).path
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_bucketed_program_greedy_equals_eager(runner, bucketed_pte, data_dir, prompt):
+    """Prefill and decode cross the buckets' widths (32, 64): each step through the narrowest method."""
+    ids, _ = eager_greedy(data_dir, prompt, STEPS)
+    assert len(ids) > 64
+    common = ["--model", bucketed_pte, "--tokenizer", data_dir / "tok512.bin", "--prompt", prompt]
+    as_ids = run(runner, *common, "--steps", STEPS, "--print-tokens")
+    assert as_ids.returncode == 0, as_ids.stderr
+    assert [int(t) for t in as_ids.stdout.split()] == ids
+    assert "buckets: 32, 64 of 128 cache positions" in as_ids.stderr
+
+
 @pytest.mark.parametrize("design", ["gather", "preproc"])
 def test_warmup_changes_no_token(runner, ptes, data_dir, design):
     """--warmup runs prefill and a decode step before timing; the rows it writes are rewritten before read."""
@@ -139,6 +160,7 @@ def test_generated_contract_header_holds_the_contract(runner):
     signatures = {k: v for k, v in vars(designs).items() if isinstance(v, designs.Signature)}
     for name, signature in signatures.items():
         expected |= {f"{name}_NAMES": signature.names, f"{name}_DTYPES": signature.dtypes}
+    expected["BUCKET_PREFIX"] = designs.BUCKET_PREFIX
     assert header_constants(header) == expected
     assert set(designs.SIGNATURES.values()) <= set(signatures.values())
     assert (

@@ -13,7 +13,16 @@ import pytest
 import torch
 
 from llama2_et.config import ModelArgs
-from llama2_et.designs import DESIGNS, SIGNATURES, program, program_and_inputs
+from llama2_et.designs import (
+    DESIGNS,
+    SIGNATURES,
+    bucket_method,
+    bucket_programs,
+    bucket_width,
+    check_buckets,
+    program,
+    program_and_inputs,
+)
 from llama2_et.export import export_pte, prepare_for_export
 from llama2_et.generate import EagerDecoder, Sampler, generate
 from llama2_et.model import Transformer
@@ -107,6 +116,46 @@ def test_every_design_has_one_program_taking_its_signature():
         program_and_inputs(Transformer(GQA), "fused")
 
 
+def narrowest(widths: tuple[int, ...], end: int) -> int:
+    """The width a runtime picks for positions ..end-1: the narrowest bucket covering them."""
+    return min(w for w in widths if end <= w)
+
+
+@pytest.mark.parametrize("backend", ["portable", "xnnpack"])
+def test_buckets_sharing_one_cache_equal_eager_across_their_boundaries(backend):
+    """forward_8, forward_16 and forward (32) of one prepared model, each step through the narrowest
+    that covers it: a prefill in one bucket, decode through the next ones, eager's logits throughout."""
+    reference = random_model()
+    prompt = PROMPT[:5]
+    tokens, expected = eager_logits(reference, prompt)
+    methods = bucket_programs(prepare_for_export(reference, backend), (16, 8))
+    assert list(methods) == ["forward_8", "forward_16", "forward"]
+    widths = {name: module.width for name, (module, _, _) in methods.items()}
+    assert widths == {"forward_8": 8, "forward_16": 16, "forward": GQA.max_seq_len}
+    by_width = {module.width: module for module, _, _ in methods.values()}
+    used = []
+
+    def step(ids: list[int], start: int) -> torch.Tensor:
+        used.append(narrowest(tuple(by_width), start + len(ids)))
+        return by_width[used[-1]](torch.tensor([ids]), torch.tensor([start]))[0]
+
+    with torch.no_grad():
+        got = replayed(step, prompt, tokens)
+    assert sorted(set(used)) == [8, 16, GQA.max_seq_len]
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
+
+
+def test_bucket_names_and_widths():
+    assert bucket_method(256) == "forward_256" and bucket_width("forward_256") == 256
+    assert bucket_width("forward") is None and bucket_width("get_max_seq_len") is None
+    assert check_buckets((16, 8, 16), 32) == (8, 16)
+    with pytest.raises(ValueError, match=r"bucket widths \[32, 1\] must be in 2..31"):
+        check_buckets((8, 32, 1), 32)
+    with pytest.raises(ValueError, match="width=33 must be in 1..32"):
+        random_model().attend_prefix(torch.tensor([[1]]), torch.tensor([0]), 33)
+
+
 def pte_step(decoder: PteDecoder, design: str, pre: TableWindows):
     """A step of the .pte through its method, the preproc design fed filled-prefix masks."""
 
@@ -176,3 +225,47 @@ def test_the_preproc_program_drops_the_tables_it_never_reads():
             expected = module(*inputs)
             model.reset_kv_cache()
             torch.testing.assert_close(exported.module()(*inputs), expected)
+
+
+@pytest.mark.slow
+def test_bucketed_program_shares_one_cache_and_stores_its_weights_once(tmp_path):
+    """A gather .pte with buckets 8 and 16 on XNNPACK: eager's logits from a prefill in forward_8
+    through decode in forward_16 and forward; weights and the cache's zeros stored once."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    model = random_model()
+    prompt = PROMPT[:5]
+    tokens, expected = eager_logits(model, prompt)
+    plain = export_pte(model, tmp_path / "plain.pte").path
+    bucketed = export_pte(model, tmp_path / "bucketed.pte", buckets=(8, 16)).path
+    decoder = PteDecoder(bucketed)
+    assert [width for width, _ in decoder.buckets] == [8, 16]
+    got = replayed(decoder.step, prompt, tokens)
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
+    decoder.reset()  # a second sequence, shorter: the first one's keys are never read
+    torch.testing.assert_close(decoder.step(prompt, 0), expected[0], atol=1e-4, rtol=1e-4)
+
+    files = {
+        "plain": deserialize_pte_binary(plain.read_bytes()),
+        "b": deserialize_pte_binary(bucketed.read_bytes()),
+    }
+    for f in files.values():
+        assert f.named_data is not None
+    weights = {name: sum(len(b) for b in f.named_data.buffers) for name, f in files.items()}
+    zeros = {name: sum(len(b.storage) for b in f.mutable_data) for name, f in files.items()}
+    assert weights["b"] == weights["plain"] and zeros["b"] == zeros["plain"]
+    plans = {p.name: p for p in files["b"].program.execution_plan if p.name.startswith("forward")}
+    assert set(plans) == {"forward", "forward_8", "forward_16"}
+
+    def shared_state(plan) -> tuple[set[tuple[int, tuple[int, ...]]], int]:
+        """The (offset, shape) of each tensor in the shared arena (memory id 2), and how many carry initial data."""
+        tensors = [v.val for v in plan.values if getattr(v.val, "allocation_info", None) is not None]
+        shared = [t for t in tensors if t.allocation_info.memory_id == 2]
+        return {(t.allocation_info.memory_offset_low, tuple(t.sizes)) for t in shared}, sum(
+            t.data_buffer_idx > 0 for t in shared
+        )
+
+    places, initialized = shared_state(plans["forward"])
+    assert len(places) == 2 * GQA.n_layers and initialized == 2 * GQA.n_layers  # every layer's k and v
+    assert shared_state(plans["forward_8"]) == shared_state(plans["forward_16"]) == (places, 0)

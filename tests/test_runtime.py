@@ -7,6 +7,9 @@ input: missing, truncated, random-bytes and foreign programs, prompts and positi
 Run time: about 6 minutes on 2 busy cores, nearly all of it the three exports.
 """
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -176,3 +179,40 @@ def test_runtime_stops_at_the_eos_the_program_declares(stories260k_eos_pte):
     pte = PteDecoder(path)
     assert len(pte.stop_ids) == 1 and pte.stop_ids[0] not in (1, 2)
     assert list(generate(pte, prompt, 60, Sampler())) == expected
+
+
+LOAD_AND_MEASURE = """
+import sys
+from llama2_et.bench.workers import status_kib
+from llama2_et.runtime import PteDecoder
+import executorch.runtime  # the runtime's own libraries, before the measure
+before = status_kib("VmRSS")
+decoder = PteDecoder(sys.argv[1])
+print(len(decoder.buckets), (status_kib("VmRSS") - before) * 1024)
+"""
+
+
+def test_bucketed_program_packs_each_weight_once(tmp_path):
+    """Loading every method of a bucketed program adds its weights about once, not once per method.
+
+    XNNPACK packs a delegate's weights when its method loads; `share_packed_weights` (on for any
+    program with buckets) makes the methods share one packed copy. Seven methods packing their own
+    would add seven times the weights. Measured in a fresh process: this one's heap holds the
+    export's freed memory, which a load would reuse unseen.
+    """
+    from llama2_et.config import ModelArgs
+    from llama2_et.export import export_pte
+    from llama2_et.model import Transformer
+
+    args = ModelArgs(dim=256, n_layers=4, n_heads=4, vocab_size=512, max_seq_len=64)
+    torch.manual_seed(0)
+    model = Transformer(args).eval()
+    weight_bytes = 4 * sum(p.numel() for p in model.parameters())  # fp32
+    path = export_pte(model, tmp_path / "buckets.pte", buckets=(8, 16, 24, 32, 40, 48)).path
+    run = subprocess.run([sys.executable, "-c", LOAD_AND_MEASURE, str(path)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    buckets, grown = map(int, run.stdout.split()[-2:])
+    assert buckets == 6
+    assert grown < 2.5 * weight_bytes, (
+        f"loading added {grown / 2**20:.1f} MiB for {weight_bytes / 2**20:.1f} MiB of weights"
+    )

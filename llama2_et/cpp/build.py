@@ -91,6 +91,8 @@ def contract_header() -> str:
             users = ", ".join(d for d, s in designs.SIGNATURES.items() if s == signature)
             lines += [f"// forward's inputs in design {users}, in order; its output: float32 logits (1, V)"]
             lines += [cpp(f"{name}_NAMES", signature.names), cpp(f"{name}_DTYPES", signature.dtypes)]
+    lines += ["// a bucket's method: <prefix><W>, forward attending the first W cache positions only"]
+    lines += [cpp("BUCKET_PREFIX", designs.BUCKET_PREFIX)]
     return "\n".join([*lines, "}  // namespace contract", ""])
 
 

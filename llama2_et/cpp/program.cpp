@@ -1,10 +1,13 @@
 #include "program.h"
 
 #include <executorch/extension/tensor/tensor.h>
+#include <executorch/runtime/backend/interface.h>
+#include <executorch/runtime/backend/options.h>
 #include <executorch/runtime/platform/platform.h>
 #include <executorch/runtime/platform/runtime.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstring>
 #include <iterator>
@@ -94,6 +97,15 @@ std::string shape_text(const std::vector<int64_t>& sizes) {  // "(128, 4)"
   return text + (sizes.size() == 1 ? ",)" : ")");
 }
 
+// XNNPACK packs a delegate's weights when its method loads: every method of a bucketed program
+// would hold its own packed copy. Its weight cache packs each weight once, for every method.
+void share_packed_weights() {
+  executorch::runtime::BackendOptions<1> options;
+  Error error = options.set_option("weight_cache_enabled", true);
+  if (error == Error::Ok) error = executorch::runtime::set_option("XnnpackBackend", options.view());
+  if (error != Error::Ok) throw std::runtime_error(describe("cannot enable XNNPACK's weight cache", error));
+}
+
 }  // namespace
 
 size_t size_thread_pool(long long threads) {
@@ -106,8 +118,12 @@ size_t size_thread_pool(long long threads) {
   return pool->get_thread_count();
 }
 
-Program::Program(const std::string& path) : path_(path), module_(path, Module::LoadMode::Mmap) {
+// share_memory_arenas: the buckets of a bucketed program read and write forward's KV cache, planned
+// in a memory arena (id 2) every method must share; for a program with forward alone it changes nothing.
+Program::Program(const std::string& path)
+    : path_(path), module_(path, Module::LoadMode::Mmap, nullptr, nullptr, nullptr, /*share_memory_arenas=*/true) {
   init_runtime();
+  share_packed_weights();
   sealed_ = verify_seal(path) == Seal::kVerified;  // before ExecuTorch reads a byte of it
   const std::string not_ours = "; export it with `python -m llama2_et export`";
   Error error = module_.load(executorch::runtime::Program::Verification::InternalConsistency);
@@ -119,6 +135,7 @@ Program::Program(const std::string& path) : path_(path), module_(path, Module::L
   if (error == Error::Ok && !last_runtime_error.empty()) error = Error::InvalidProgram;
   if (error != Error::Ok) throw std::runtime_error(describe("cannot load forward of " + path, error));
   check_signature();
+  load_buckets();
   max_seq_len_ = int_constant(contract::kGetMaxSeqLen);
   read_special_ids();
   if (signature_ == Inputs::kTables) {
@@ -130,6 +147,37 @@ Program::Program(const std::string& path) : path_(path), module_(path, Module::L
     }
   }
   make_inputs();
+}
+
+// Every bucket now, after forward: loading a method writes its initialized buffers, and forward's
+// cache zeros must land before any step, never between two.
+void Program::load_buckets() {
+  const auto names = module_.method_names();
+  if (!names.ok()) throw std::runtime_error(describe("cannot list the methods of " + path_, names.error()));
+  const std::string prefix = contract::kBucketPrefix;
+  for (const std::string& name : *names) {
+    const std::string tail = name.substr(std::min(prefix.size(), name.size()));
+    if (name.rfind(prefix, 0) != 0 || tail.empty() || !std::all_of(tail.begin(), tail.end(), [](unsigned char c) { return std::isdigit(c) != 0; })) continue;
+    const Error error = module_.load_method(name);
+    if (error != Error::Ok) throw std::runtime_error(describe("cannot load " + name + " of " + path_, error));
+    buckets_.emplace_back(std::stoll(tail), name);
+  }
+  std::sort(buckets_.begin(), buckets_.end());
+}
+
+std::vector<int64_t> Program::bucket_widths() const {
+  std::vector<int64_t> widths;
+  for (const auto& bucket : buckets_) widths.push_back(bucket.first);
+  return widths;
+}
+
+// The narrowest method whose attended width covers positions ..end-1.
+const std::string& Program::method_for(int64_t end) const {
+  static const std::string forward = "forward";
+  for (const auto& bucket : buckets_) {
+    if (end <= bucket.first) return bucket.second;
+  }
+  return forward;
 }
 
 std::string Program::input_names() const {
@@ -292,7 +340,7 @@ Span<const float> Program::forward(const std::vector<int64_t>& tokens, int64_t s
       for (int64_t key = 0; key < width; ++key) mask_row[key] = key <= pos ? 0.0f : neg_inf;
     }
   }
-  const auto outputs = module_.forward(inputs_);
+  const auto outputs = module_.execute(method_for(start_pos + seq_len), inputs_);
   if (!outputs.ok()) throw std::runtime_error(describe("forward of " + path_ + " failed", outputs.error()));
   const auto& logits = outputs->at(0).toTensor();  // (1, V): the program's own output memory
   return {logits.const_data_ptr<float>(), static_cast<size_t>(vocab_size_)};

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 // The two input signatures of contract.h, all the runner tells the three designs apart by:
@@ -22,12 +23,14 @@ size_t size_thread_pool(long long threads);
 
 class Program {
  public:
-  // Verifies the .pte's content hash (integrity.h), then loads it and its forward method; throws
+  // Verifies the .pte's content hash (integrity.h), then loads it, its forward method and its
+  // buckets (forward_<W>, which share forward's KV cache: the module shares its memory arenas); throws
   // std::runtime_error naming the file when it is missing, damaged, corrupt, or its forward
   // matches neither signature (or, with kTables, disagrees with its metadata).
   explicit Program(const std::string& path);
 
-  // Logits (V,) of the last of `tokens`, placed at positions start_pos.., written to the KV cache.
+  // Logits (V,) of the last of `tokens`, placed at positions start_pos.., written to the KV cache,
+  // through the narrowest method whose width covers them (a bucket, or forward).
   // A view of the program's output, valid until the next forward: nothing is copied or allocated
   // per call (the inputs are written into tensors made once, resized when L changes).
   executorch::runtime::Span<const float> forward(const std::vector<int64_t>& tokens, int64_t start_pos);
@@ -36,7 +39,9 @@ class Program {
   int64_t max_seq_len() const { return max_seq_len_; }
   int64_t vocab_size() const { return vocab_size_; }
   int64_t bos_id() const { return bos_id_; }
-  bool sealed() const { return sealed_; }  // the file carries a content hash, and it matched
+  bool sealed() const { return sealed_; }
+  // The widths of the bucket methods, ascending (empty for a program with forward alone).
+  std::vector<int64_t> bucket_widths() const;  // the file carries a content hash, and it matched
   // The ids that end generation: the program's get_eos_ids, or contract::kStopIds without it.
   const std::vector<int64_t>& stop_ids() const { return stop_ids_; }
 
@@ -46,6 +51,8 @@ class Program {
   void check_signature();
   void check_table_shapes(const executorch::runtime::MethodMeta& meta);
   void read_special_ids();
+  void load_buckets();
+  const std::string& method_for(int64_t end) const;
   void make_inputs();
   void resize_inputs(int32_t seq_len);
 
@@ -57,6 +64,7 @@ class Program {
   int64_t vocab_size_ = 0;
   int64_t bos_id_ = 0;
   std::vector<int64_t> stop_ids_;
+  std::vector<std::pair<int64_t, std::string>> buckets_;  // (W, forward_<W>), ascending W
   int64_t table_half_ = 0;       // Dh/2, the width of the cos and sin inputs (kTables only)
   std::vector<float> inv_freq_;  // (Dh/2,) RoPE frequencies theta^(-2i/Dh) (kTables only)
   // forward's inputs, each buffer sized for L = max_seq_len and viewed by a tensor of the current L.

@@ -205,6 +205,12 @@ int run(const Options& options) {
                program.input_names().c_str(),
                seconds_since(load_start) * 1e3, program.sealed() ? "verified" : "absent (not checked)");
   std::fprintf(stderr, "threads %zu\n", threads);
+  if (!program.bucket_widths().empty()) {
+    std::string widths;
+    for (const int64_t width : program.bucket_widths()) widths += (widths.empty() ? "" : ", ") + std::to_string(width);
+    std::fprintf(stderr, "buckets: %s of %lld cache positions (forward reads all)\n", widths.c_str(),
+                 static_cast<long long>(program.max_seq_len()));
+  }
   if (tokenizer.vocab_size() != program.vocab_size()) {
     const std::string pieces = std::to_string(tokenizer.vocab_size());
     const std::string vocab = std::to_string(program.vocab_size());
