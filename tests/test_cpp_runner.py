@@ -299,32 +299,19 @@ def test_encoding_equals_sentencepiece(runner, data_dir, tokenizer):
     """The runner continues the prompt Python encodes: same ids as sentencepiece, whitespace included."""
     reference = Tokenizer(data_dir / f"{tokenizer}.model")
     sample = (data_dir / "tinystories_train_sample.txt").read_text()[:20_000]
+    tokenizer_bin = data_dir / f"{tokenizer}.bin"
     for text in [*whitespace_corpus(40), sample]:
-        args = [
-            "--tokenizer",
-            data_dir / f"{tokenizer}.bin",
-            "--prompt",
-            text,
-            "--steps",
-            0,
-            "--print-tokens",
-        ]
-        result = run(runner, *args)
-        assert result.returncode == 0, result.stderr
-        assert [int(t) for t in result.stdout.split()] == reference.encode(text), repr(text)
+        assert runner_ids(runner, tokenizer_bin, text) == reference.encode(text), repr(text)
     for text in ILL_FORMED_UTF8:  # a prompt from argv need not be UTF-8; sentencepiece reads U+FFFD
-        args = [
-            "--tokenizer",
-            data_dir / f"{tokenizer}.bin",
-            "--prompt",
-            text,
-            "--steps",
-            "0",
-            "--print-tokens",
-        ]
-        result = subprocess.run([runner, *args], capture_output=True, timeout=120)
-        assert result.returncode == 0, result.stderr
-        assert [int(t) for t in result.stdout.split()] == [contract.BOS_ID, *reference.sp.encode(text)], text
+        assert runner_ids(runner, tokenizer_bin, text) == [contract.BOS_ID, *reference.sp.encode(text)], text
+
+
+def runner_ids(runner, tokenizer_bin, prompt: str | bytes) -> list[int]:
+    """The ids (BOS first) the runner encodes a prompt to: text, or bytes that need not be UTF-8."""
+    args = ["--tokenizer", str(tokenizer_bin), "--prompt", prompt, "--steps", "0", "--print-tokens"]
+    result = subprocess.run([str(runner), *args], capture_output=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return [int(t) for t in result.stdout.split()]
 
 
 def test_long_prompt_is_rejected_before_it_is_encoded(runner, ptes, data_dir, pte_context):
