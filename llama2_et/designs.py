@@ -117,7 +117,7 @@ class PreprocProgram(nn.Module):
 class PrefixProgram(nn.Module):
     """forward(tokens (1, L), input_pos (1,)) of the gather design, attending the first `width` cache positions.
 
-    A bucketed program holds one per width (its methods, `bucket_methods`), all sharing the model's
+    A bucketed program holds one per width (its methods, `bucket_programs`), all sharing the model's
     KV cache; a runtime calls the narrowest whose width covers input_pos + L.
     """
 
