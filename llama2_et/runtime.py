@@ -91,21 +91,21 @@ class PteDecoder:
         self.path = path
         try:
             self.program = Runtime.get().load_program(path, enable_etdump=enable_etdump)
-            if any(designs.bucket_width(name) for name in self.program.method_names):
+            buckets = self._bucket_methods()
+            if buckets:
                 share_packed_weights()  # before any method loads (and packs its weights)
             self.method = (
                 self.program.load_method("forward") if "forward" in self.program.method_names else None
             )
+            # every bucket loaded now, after forward: loading a method sets its initialized buffers,
+            # and forward's zeros must reach the shared cache before any step, never after one
+            self.buckets = [(w, self.program.load_method(buckets[w])) for w in sorted(buckets)]
         except RuntimeError as exc:
             raise ValueError(
                 f"{path} cannot be loaded ({exc}): truncated or corrupt? {EXPORT_HINT}"
             ) from None
         if self.method is None:
             raise ValueError(f"{path} has no 'forward' method; {EXPORT_HINT}")
-        # every bucket loaded now, after forward: loading a method sets its initialized buffers,
-        # and forward's zeros must reach the shared cache before any step, never after one
-        widths = {designs.bucket_width(name): name for name in self.program.method_names}
-        self.buckets = [(w, self.program.load_method(widths[w])) for w in sorted(widths.keys() - {None})]
         self.metadata = self._read_metadata()
         n_inputs = self.method.metadata.num_inputs()
         self.signature = designs.signature_of(n_inputs)
@@ -131,13 +131,15 @@ class PteDecoder:
                 f"ExecuTorch LLM program; {EXPORT_HINT}"
             )
         values = {}
-        for name in names - {"forward", *self._bucket_names()}:
+        for name in names - {"forward", *self._bucket_methods().values()}:
             out = self.program.load_method(name).execute([])
             values[name] = out[0] if len(out) == 1 and name != contract.GET_EOS_IDS else list(out)
         return values
 
-    def _bucket_names(self) -> set[str]:
-        return {name for name in self.program.method_names if designs.bucket_width(name) is not None}
+    def _bucket_methods(self) -> dict[int, str]:
+        """The program's bucket methods forward_<W> by width W (none for a program without buckets)."""
+        names = self.program.method_names
+        return {designs.bucket_width(name): name for name in names if designs.bucket_width(name) is not None}
 
     def _method_for(self, end: int):
         """The narrowest method whose attended width covers positions ..end-1: a bucket, or forward."""
