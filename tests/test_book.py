@@ -64,7 +64,7 @@ def built_html() -> Path:
     newest_source = max(p.stat().st_mtime for p in book_sources())
     if not index.exists() or index.stat().st_mtime < newest_source:
         jupyter_book = shutil.which("jupyter-book") or pytest.fail(
-            "jupyter-book is not installed (requirements.txt)"
+            "jupyter-book is not installed (pip install -r requirements.txt)"
         )
         result = subprocess.run(
             [jupyter_book, "build", ".", "-W", "--keep-going", "--all"],
