@@ -2,13 +2,17 @@
 
 Jupyter renders `_repr_markdown_` (the book: an HTML table, a highlighted code block); `__repr__` is
 the text/plain form that a terminal shows and nbval compares, so both carry the same values.
+`native_logs_discarded` keeps the native libraries' log lines (ExecuTorch's C++ logging) out of them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import inspect
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 NUMBER = re.compile(r"[-+]?[.\d]")  # a cell that starts like a number is right-aligned
@@ -90,3 +94,29 @@ class Source:
 def source(obj: object) -> Source:
     """The source of a package function, class or method, as the book displays it."""
     return Source(inspect.getsource(obj))
+
+
+@contextlib.contextmanager
+def native_logs_discarded() -> Iterator[None]:
+    """Discard what the block writes to stdout and stderr, from Python and from native code alike.
+
+    ExecuTorch logs through Python's sys.stderr (its Python bindings) or straight to the process's
+    file descriptors 1 and 2 (its C++ runtime, which the notebook's redirect_stderr cannot catch).
+    """
+    libc = ctypes.CDLL(None)
+    saved = os.dup(1), os.dup(2)
+    with (
+        open(os.devnull, "w") as null,
+        contextlib.redirect_stdout(null),
+        contextlib.redirect_stderr(null),
+    ):
+        os.dup2(null.fileno(), 1)
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            libc.fflush(None)  # C stdio buffers written inside the block go to /dev/null too
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])

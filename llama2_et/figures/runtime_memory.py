@@ -1,0 +1,124 @@
+"""Where a loaded .pte lives in memory: Runtime, Program, Method, the planned arena and the delegate's.
+
+`heap_in_use` reads how many bytes the C allocator has handed out, so that a chapter can measure
+what `load_program` and `load_method` allocate; `runtime_memory_figure` draws the four objects of
+`executorch.runtime` with those measurements and the sizes the file's memory plan declares.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+from . import BOOK_SCALE, arrow, box, canvas, enlarge
+
+
+class _MallInfo2(ctypes.Structure):
+    """glibc's struct mallinfo2: ten size_t counters, in this order."""
+
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+    ]
+
+
+def heap_in_use() -> int | None:
+    """Bytes allocated by malloc and not yet freed (glibc's mallinfo2), or None without glibc.
+
+    Unlike the resident set size it does not hide a new allocation that reuses memory freed
+    earlier in the process, so the difference around a call is what the call allocated and kept.
+    """
+    try:
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+    except AttributeError:  # not glibc (macOS, musl)
+        return None
+    mallinfo2.restype = _MallInfo2
+    info = mallinfo2()
+    return info.uordblks + info.hblkhd  # small blocks in the heap + large blocks mapped on their own
+
+
+def _size(nbytes: int | None) -> str:
+    return "(not measured)" if nbytes is None else f"{nbytes:,} bytes"
+
+
+def runtime_memory_figure(
+    pte_name: str,
+    n_methods: int,
+    arena_bytes: int,
+    cache_bytes: int,
+    cache_buffers: int,
+    program_alloc: int | None,
+    method_alloc: int | None,
+    delegate_weight_bytes: int,
+):
+    """Runtime -> Program -> Method, and the memory each load allocates, labelled with measured bytes.
+
+    program_alloc and method_alloc are what load_program and load_method allocated (heap_in_use
+    around each), None where they could not be measured.
+    """
+    fig, ax = canvas(10.0, 3.3)
+    y, h = 2.2, 1.0
+    runtime = box(
+        ax, 0.1, y, 2.1, h, "Runtime.get()\nkernels and backends\nregistered once", kind="op", fontsize=8
+    )
+    program = box(
+        ax,
+        2.9,
+        y,
+        3.2,
+        h,
+        f"Program: load_program(path)\n{pte_name}\n{n_methods} methods",
+        kind="tensor",
+        fontsize=8,
+    )
+    method = box(
+        ax, 6.8, y, 3.0, h, 'Method: load_method("forward")\nthe forward method', kind="delegate", fontsize=8
+    )
+    for left, right in ((runtime, program), (program, method)):
+        arrow(ax, (left[0] + left[2], y + h / 2), (right[0], y + h / 2))
+
+    bar_top = _arena(ax, arena_bytes, cache_bytes, cache_buffers, program_alloc)
+    arrow(ax, (program[0] + 0.4, y), (program[0] + 0.4, bar_top + 0.42))
+
+    delegate = box(
+        ax,
+        6.8,
+        0.25,
+        3.0,
+        1.25,
+        f"load_method allocated\n{_size(method_alloc)}:\nXNNPACK's copy of its weights\n"
+        f"({_size(delegate_weight_bytes)} in the file)\nand the method's own state",
+        kind="weight",
+        fontsize=7.5,
+    )
+    arrow(ax, (method[0] + 1.8, y), (delegate[0] + 1.45, delegate[1] + delegate[3]))
+    return enlarge(fig, BOOK_SCALE)
+
+
+def _arena(ax, arena_bytes: int, cache_bytes: int, cache_buffers: int, program_alloc: int | None) -> float:
+    """The planned arena as a bar to scale (KV cache first, then the rest); returns its top."""
+    x0, width, bar_y, bar_h = 0.1, 6.2, 0.6, 0.6
+    cache_w = width * cache_bytes / arena_bytes
+    box(ax, x0, bar_y, cache_w, bar_h, "", kind="cache")
+    box(ax, x0 + cache_w, bar_y, width - cache_w, bar_h, "", kind="tensor")
+    ax.text(
+        x0 + cache_w + 0.1,
+        bar_y + bar_h / 2,
+        "activations, inputs, logits\n(reused between instructions)",
+        va="center",
+        fontsize=7.5,
+    )
+    ax.text(
+        x0,
+        bar_y - 0.12,
+        f"KV cache: {cache_buffers} mutable buffers, {_size(cache_bytes)}",
+        va="top",
+        fontsize=7.5,
+    )
+    ax.text(
+        x0,
+        bar_y + bar_h + 0.12,
+        f"planned memory arena: {_size(arena_bytes)} (load_program allocated {_size(program_alloc)})",
+        va="bottom",
+        fontsize=8,
+    )
+    return bar_y + bar_h
