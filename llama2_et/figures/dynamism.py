@@ -127,7 +127,7 @@ def mask_window(mask: torch.Tensor, seq_len: int, start_pos: int) -> Figure:
     if not 1 <= seq_len < n or not 0 <= start_pos <= n - seq_len:
         raise ValueError(f"seq_len={seq_len} at start_pos={start_pos} must fit inside {n} mask rows")
     corner, rows = mask[:seq_len, :seq_len], mask.narrow(0, start_pos, seq_len)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(7.6, 3.0), gridspec_kw={"width_ratios": [1, 1.75]})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(7.2, 3.0), gridspec_kw={"width_ratios": [1, 1.75]})
     _mask_panel(left, mask, seq_len, start_pos)
     right.set_xlim(0, 4.6)
     right.set_ylim(0, 3.0)
