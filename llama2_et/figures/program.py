@@ -9,6 +9,7 @@ memory planner placed in the arena, with its byte range and its lifetime in inst
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,33 +137,88 @@ def planned_tensors(plan) -> list[PlannedTensor]:
     return planned
 
 
+# A colour per kernel: the most frequent kernels of a chain get one each, the rest share OTHER_KERNELS.
+KERNEL_PALETTE = (
+    "#fb8072", "#fdb462", "#b3de69", "#bc80bd", "#ffed6f",
+    "#8dd3c7", "#fccde5", "#e5c494", "#bebada", "#a6761d",
+)  # fmt: skip
+OTHER_KERNELS = "#d9d9d9"
+
+
+def kernel_colours(chain: list[Instruction], most: int = len(KERNEL_PALETTE)) -> dict[str, str]:
+    """A colour for each of the `most` most frequent kernels of the chain (by name), most frequent first."""
+    counts = Counter(i.name for i in chain if i.kind == "kernel")
+    ranked = sorted(counts, key=lambda name: (-counts[name], name))[:most]
+    return dict(zip(ranked, KERNEL_PALETTE, strict=False))
+
+
+def _short(name: str) -> str:
+    """A kernel's name as a legend shows it: no namespace (`aten::`, `quantized_decomposed::`)."""
+    return name.split("::")[-1]
+
+
 def execution_plan_figure(plan, title: str = ""):
-    """The forward chain as a row of cells in order, delegate calls and kernel calls coloured apart."""
+    """The forward chain as cells in order: delegate calls in one colour, each frequent kernel in its own.
+
+    The legend names the kernel of every colour with its count; kernels outside the palette share grey.
+    """
     import matplotlib.pyplot as plt
 
     chain = instructions(plan)
+    colours = kernel_colours(chain)
     per_row = min(50, len(chain))
     rows = math.ceil(len(chain) / per_row)
-    fig, ax = plt.subplots(figsize=(10, 0.6 + 0.32 * rows + (0.9 if rows == 1 else 0)))
+    legend_rows = math.ceil((len(colours) + 2) / 4)
+    fig, ax = plt.subplots(figsize=(10, 0.6 + 0.32 * rows + (0.9 if rows == 1 else 0) + 0.22 * legend_rows))
     for i, instruction in enumerate(chain):
         row, col = divmod(i, per_row)
-        kind = "delegate" if instruction.kind == "delegate" else "portable"
-        ax.add_patch(Rectangle((col, -row), 0.9, 0.8, facecolor=COLORS[kind], edgecolor="0.35", lw=0.5))
+        if instruction.kind == "delegate":
+            colour = COLORS["delegate"]
+        else:
+            colour = colours.get(instruction.name, OTHER_KERNELS)
+        ax.add_patch(Rectangle((col, -row), 0.9, 0.8, facecolor=colour, edgecolor="0.35", lw=0.5))
         if rows == 1:  # a short chain: every instruction named under its cell
-            label = "XNNPACK" if instruction.kind == "delegate" else instruction.name.split("::")[-1]
+            label = "XNNPACK" if instruction.kind == "delegate" else _short(instruction.name)
             ax.text(col + 0.45, -0.15, label, ha="center", va="top", rotation=90, fontsize=6.5)
-    delegates = sum(x.kind == "delegate" for x in chain)
     ax.set_xlim(-0.2, per_row + 0.1)
     ax.set_ylim(-rows - 1.6 if rows == 1 else -rows + 0.7, 1.2)
     ax.set_aspect("equal")
     ax.axis("off")
-    legend = [
-        swatch("delegate", f"delegate call ({delegates})"),
-        swatch("portable", f"kernel call ({len(chain) - delegates})"),
-    ]
-    ax.legend(handles=legend, loc="upper right", ncol=2, fontsize=7, frameon=False, bbox_to_anchor=(1, 1.45))
-    ax.set_title(title or f"forward: {len(chain)} instructions, in order", fontsize=9, loc="left")
+    ax.legend(
+        handles=_plan_legend(chain, colours),
+        loc="lower left",
+        bbox_to_anchor=(0, 1.0),
+        ncol=4,
+        fontsize=7,
+        frameon=False,
+        handlelength=1.2,
+        columnspacing=1.2,
+    )
+    ax.set_title(
+        title or f"forward: {len(chain)} instructions, in order",
+        fontsize=9,
+        loc="left",
+        pad=4 + 14 * legend_rows,
+    )
     return fig
+
+
+def _plan_legend(chain: list[Instruction], colours: dict[str, str]) -> list[Rectangle]:
+    """Legend entries: the delegate calls, each coloured kernel, then the kernels that share grey."""
+    counts = Counter(i.name for i in chain if i.kind == "kernel")
+    delegates = sum(i.kind == "delegate" for i in chain)
+    entries = [swatch("delegate", f"XNNPACK delegate call ×{delegates}")] if delegates else []
+    for name, colour in colours.items():
+        entries.append(
+            Rectangle(
+                (0, 0), 1, 1, facecolor=colour, edgecolor="0.35", label=f"{_short(name)} ×{counts[name]}"
+            )
+        )
+    rest = {name: n for name, n in counts.items() if name not in colours}
+    if rest:
+        label = f"{len(rest)} other kernels ×{sum(rest.values())}"
+        entries.append(Rectangle((0, 0), 1, 1, facecolor=OTHER_KERNELS, edgecolor="0.35", label=label))
+    return entries
 
 
 def memory_plan_figure(plan, title: str = ""):
