@@ -75,3 +75,20 @@ def test_perplexity_vs_size_labels_each_program_with_a_perplexity():
     assert {r["key"] for r in r260["rows"] if "perplexity" in r and "file_bytes" in r} < set(boxes)
     assert "fp32 eager PyTorch: 5.859" in boxes
     assert_apart(boxes)
+
+
+def test_lr_schedule_draws_lr_at_for_each_run():
+    from llama2_et.figures.schedule import lr_schedule
+    from llama2_et.optimizer import lr_at
+    from llama2_et.train_config import TrainConfig
+
+    short, preset = TrainConfig(max_steps=150), TrainConfig()
+    fig = lr_schedule({"short": short, "preset": preset}, "lr")
+    curves = [line for line in fig.axes[0].lines if len(line.get_xdata()) > 2]
+    assert [len(c.get_xdata()) for c in curves] == [150, 500]
+    assert list(curves[0].get_ydata()) == [lr_at(s, short) for s in range(150)]
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [
+        "short (150 steps)",
+        "preset (500 steps)",
+    ]
+    assert_apart(label_boxes(fig))
