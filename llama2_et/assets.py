@@ -4,7 +4,9 @@ Order of resolution for a named asset:
 1. `LLAMA2_ET_DATA=<folder>`: the file must be in that folder (offline use, tests and CI);
 2. otherwise the cache folder (`LLAMA2_ET_CACHE`, default ~/.cache/llama2_et), downloading into
    it on first use, checking the size against the server's Content-Length and the sha256 where
-   one is published.
+   one is published. An asset with a `derive` step is made from the file at its URL (the book's
+   TinyStories sample is a published file cut after its last complete story), and its sha256 is
+   that of the result.
 """
 
 from __future__ import annotations
@@ -14,14 +16,31 @@ import http.client
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .files import atomic_write_bytes
+
 HF_TINYLLAMAS = "https://huggingface.co/karpathy/tinyllamas/resolve/main"
 LLAMA2C_RAW = "https://raw.githubusercontent.com/karpathy/llama2.c/master"
 HF_TINYSTORIES = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main"
+# A 2 MiB byte range of the TinyStories training split, published in gusjengis/toy-RNN at this commit
+TOY_RNN_SAMPLE = (
+    "https://raw.githubusercontent.com/gusjengis/toy-RNN/"
+    "e4c7ff8bba4ff7989e69a3a816ebe4b14813b41e/data/tinystories_sample.txt"
+)
+STORY_END = b"<|endoftext|>\n"  # the line after each story in TinyStories' .txt files
+
+
+def cut_after_last_story(text: bytes) -> bytes:
+    """text up to and including its last complete `<|endoftext|>` line: drops a story cut off at the end."""
+    end = text.rfind(STORY_END)
+    if end < 0:
+        raise ValueError("no complete story: the text has no '<|endoftext|>' line")
+    return text[: end + len(STORY_END)]
 
 
 @dataclass(frozen=True)
@@ -31,6 +50,7 @@ class Asset:
     filename: str
     url: str | None  # None: not published; it is only ever read from LLAMA2_ET_DATA
     sha256: str | None  # None where no checksum is published; the download is then only size-checked
+    derive: Callable[[bytes], bytes] | None = None  # makes it from the file at url; sha256 is the result's
 
 
 ASSETS = {
@@ -67,8 +87,14 @@ ASSETS = {
         Asset("TinyStories-valid.txt", f"{HF_TINYSTORIES}/TinyStories-valid.txt", None),
         Asset("TinyStoriesV2-GPT4-train.txt", f"{HF_TINYSTORIES}/TinyStoriesV2-GPT4-train.txt", None),
         Asset("TinyStoriesV2-GPT4-valid.txt", f"{HF_TINYSTORIES}/TinyStoriesV2-GPT4-valid.txt", None),
-        # 2,316 real TinyStories stories for fast offline tests (shared/data/README.md): not published.
-        Asset("tinystories_train_sample.txt", None, None),
+        # 2,316 real TinyStories stories (2,096,346 bytes), the book's training data: the published
+        # 2,097,152-byte range cut after its last complete story, which drops one truncated story.
+        Asset(
+            "tinystories_train_sample.txt",
+            TOY_RNN_SAMPLE,
+            "ba02237f5747a07d420cb7329f721fdc51b6f5c35a81788b9c4bb871e15ff30a",
+            cut_after_last_story,
+        ),
     )
 }
 
@@ -147,6 +173,21 @@ def download(url: str, dest: Path, sha256: str | None = None) -> Path:
     return dest
 
 
+def derive_file(source: Path, dest: Path, derive: Callable[[bytes], bytes], sha256: str | None) -> Path:
+    """Write derive(source's bytes) to dest through a temporary file, once its sha256 is checked.
+
+    On a mismatch the source is deleted (so the next fetch downloads it again) and dest is not written.
+    """
+    data = derive(source.read_bytes())
+    if sha256 is not None and (actual := hashlib.sha256(data).hexdigest()) != sha256:
+        source.unlink()
+        raise ValueError(
+            f"{dest.name} derived from {source.name} has sha256 {actual}, not the expected {sha256}; "
+            "run again to download its source again"
+        )
+    return atomic_write_bytes(dest, data)
+
+
 def local_path(filename: str) -> Path:
     """Where a named asset is looked up: in LLAMA2_ET_DATA if set, else in the cache."""
     folder = os.environ.get("LLAMA2_ET_DATA")
@@ -163,6 +204,7 @@ def fetch(filename: str) -> Path:
         return path
     if folder := os.environ.get("LLAMA2_ET_DATA"):
         where = f"get it from {asset.url}" if asset.url else "it is not published: copy it there"
+        where += " and derive it as llama2_et.assets.ASSETS says" if asset.derive else ""
         raise FileNotFoundError(
             f"{path} not found: LLAMA2_ET_DATA={folder} must hold {filename} ({where})"
             + (f", or unset LLAMA2_ET_DATA to download it into {cache_dir()}" if asset.url else "")
@@ -172,7 +214,18 @@ def fetch(filename: str) -> Path:
             f"{filename} is not published, so it is only read from LLAMA2_ET_DATA, which is not set: "
             "set LLAMA2_ET_DATA to the folder holding it"
         )
-    return download(asset.url, path, asset.sha256)
+    if asset.derive is None:
+        return download(asset.url, path, asset.sha256)
+    source = path.with_name(path.name + ".source")
+    try:
+        download(asset.url, source)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(
+            f"{exc} ({filename} is made from {source.name}: see llama2_et.assets)"
+        ) from None
+    derive_file(source, path, asset.derive, asset.sha256)
+    source.unlink()
+    return path
 
 
 def resolve_checkpoint(name_or_path: str | Path) -> Path:

@@ -30,20 +30,20 @@ TOKEN_DTYPE = np.uint16  # as llama2.c: every vocabulary up to 65,536 ids fits
 TINYSTORIES_FILES = (
     "TinyStories_all_data.tar.gz",  # 50 JSON shards data00..data49.json (llama2.c uses these)
     "TinyStories-train.txt",
-    "TinyStories-valid.txt",  # ~19 MB: `train`'s default where LLAMA2_ET_DATA has no sample
+    "TinyStories-valid.txt",
     "TinyStoriesV2-GPT4-train.txt",
     "TinyStoriesV2-GPT4-valid.txt",
 )
 TOKENIZER_STORIES = 200_000  # stories a tokenizer trains on at most (the full train split has ~2.1M)
-SAMPLE = "tinystories_train_sample.txt"  # 2,316 real stories, in LLAMA2_ET_DATA (not published)
-PUBLISHED_DEFAULT = "TinyStories-valid.txt"
+# 2,316 real stories of the training split (2 MB): an asset cut from a published byte range (see assets)
+SAMPLE = "tinystories_train_sample.txt"
 
 
 def default_stories() -> str:
-    """The stories `train` uses unless told: the local sample where LLAMA2_ET_DATA holds it, else the
-    published TinyStories-valid.txt (downloaded and cached once)."""
-    folder = os.environ.get("LLAMA2_ET_DATA")
-    return SAMPLE if folder and (Path(folder) / SAMPLE).is_file() else PUBLISHED_DEFAULT
+    """The stories `train` and the bench's perplexity use unless told: the 2,316-story sample, read from
+    LLAMA2_ET_DATA or downloaded, cut and sha256-checked once (`assets.fetch`), so every run reads the
+    same bytes."""
+    return SAMPLE
 
 
 def resolve_stories(name_or_path: str | Path) -> Path:
@@ -58,7 +58,7 @@ def resolve_stories(name_or_path: str | Path) -> Path:
     if name not in (*TINYSTORIES_FILES, SAMPLE):
         raise FileNotFoundError(
             f"stories {name!r} not found: pass a TinyStories .txt/.json file or a folder of them, "
-            f"or one of the published files {', '.join(TINYSTORIES_FILES)}"
+            f"or one of the published files {', '.join(TINYSTORIES_FILES)} or {SAMPLE}"
         )
     if (unpacked := _extracted_dir(assets.local_path(name))).is_dir():
         return unpacked

@@ -87,36 +87,63 @@ def test_a_cut_download_is_kept_for_resuming_and_never_becomes_the_file(tmp_path
     assert RangeHandler.sent == [len(PAYLOAD), len(PAYLOAD) - 5000]
 
 
-def test_training_data_without_a_data_folder_is_the_published_tinystories_valid(
+def test_cut_after_last_story_drops_the_truncated_story(tmp_path):
+    text = b"Spot ran.\n<|endoftext|>\nLily found a ball.\n<|endoftext|>\n\nTom was ha"
+    assert assets.cut_after_last_story(text) == text[: text.rindex(b"\n\nTom") + 1]
+    with pytest.raises(ValueError, match="no complete story"):
+        assets.cut_after_last_story(b"Tom was ha")
+    source = tmp_path / "sample.source"
+    source.write_bytes(text)
+    cut = assets.cut_after_last_story(text)
+    good = hashlib.sha256(cut).hexdigest()
+    with pytest.raises(ValueError, match="run again to download its source again"):
+        assets.derive_file(source, tmp_path / "sample.txt", assets.cut_after_last_story, "0" * 64)
+    assert not (tmp_path / "sample.txt").exists() and not source.exists()  # nothing kept of a bad source
+    source.write_bytes(text)
+    assert (
+        assets.derive_file(source, tmp_path / "sample.txt", assets.cut_after_last_story, good).read_bytes()
+        == cut
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sample.source", "sample.txt"]  # no temporary left
+
+
+def test_training_data_without_a_data_folder_is_the_sample_cut_from_its_published_source(
     tmp_path, monkeypatch, server, data_dir
 ):
-    assert TrainConfig().data == SAMPLE  # LLAMA2_ET_DATA holds the sample: tests and CI train on it
+    assert TrainConfig().data == SAMPLE
+    asset = assets.ASSETS[SAMPLE]
+    assert asset.url == (
+        "https://raw.githubusercontent.com/gusjengis/toy-RNN/"
+        "e4c7ff8bba4ff7989e69a3a816ebe4b14813b41e/data/tinystories_sample.txt"
+    )
+    sample = (data_dir / SAMPLE).read_bytes()
+    assert assets.sha256_of(data_dir / SAMPLE) == asset.sha256
+    # the published 2,097,152 bytes: the sample, then the start of a story the byte range cuts off
+    published = sample + b"\nLily was very happy. Today was her birthday."
+    RangeHandler.payload = published + b" " * (2_097_152 - len(published))
+    monkeypatch.setitem(
+        assets.ASSETS, SAMPLE, dataclasses.replace(asset, url=server)
+    )  # the loopback "GitHub"
     monkeypatch.delenv("LLAMA2_ET_DATA")
     monkeypatch.setenv("LLAMA2_ET_CACHE", str(tmp_path / "cache"))
-    name = TrainConfig().data
-    asset = assets.ASSETS[name]
-    assert (
-        asset.url
-        == "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStories-valid.txt"
-    )
-    stories = "Spot ran to the park.\n<|endoftext|>\nLily found a red ball. She was happy.\n<|endoftext|>\n"
-    RangeHandler.payload = stories.encode()
-    monkeypatch.setitem(assets.ASSETS, name, dataclasses.replace(asset, url=server))  # the loopback "Hub"
-    path = resolve_stories(name)
-    assert path == tmp_path / "cache" / "TinyStories-valid.txt"
-    assert read_stories(path) == ["Spot ran to the park.", "Lily found a red ball. She was happy."]
-    assert resolve_stories(name) == path and RangeHandler.sent == [len(stories)]  # cached: fetched once
+    path = resolve_stories(SAMPLE)
+    assert path == tmp_path / "cache" / SAMPLE and path.read_bytes() == sample  # the same bytes
+    assert sorted(p.name for p in path.parent.iterdir()) == [SAMPLE]  # the source is not kept
+    assert resolve_stories(SAMPLE) == path and RangeHandler.sent == [2_097_152]  # cached: fetched once
 
 
 @pytest.mark.slow  # a training run
-def test_train_command_without_a_data_folder_downloads_tinystories_valid_and_trains(
+def test_train_command_without_a_data_folder_downloads_the_sample_and_trains(
     tmp_path, monkeypatch, server, data_dir, capsys
 ):
-    """`python -m llama2_et train` with LLAMA2_ET_DATA unset: the published file, from a loopback "Hub"."""
+    """`python -m llama2_et train` with LLAMA2_ET_DATA unset: the sample, from a loopback "GitHub"."""
     stories = read_stories(data_dir / SAMPLE)[:100]
-    RangeHandler.payload = "".join(f"{story}\n<|endoftext|>\n" for story in stories).encode()
-    name = "TinyStories-valid.txt"
-    monkeypatch.setitem(assets.ASSETS, name, dataclasses.replace(assets.ASSETS[name], url=server))
+    cut = "".join(f"{story}\n<|endoftext|>\n" for story in stories).encode()
+    RangeHandler.payload = cut + b"Once upon a ti"
+    sha256 = hashlib.sha256(cut).hexdigest()
+    monkeypatch.setitem(
+        assets.ASSETS, SAMPLE, dataclasses.replace(assets.ASSETS[SAMPLE], url=server, sha256=sha256)
+    )
     monkeypatch.delenv("LLAMA2_ET_DATA")
     monkeypatch.setenv("LLAMA2_ET_CACHE", str(tmp_path / "cache"))
     tiny = "--dim 16 --n-layers 1 --n-heads 2 --n-kv-heads 1 --multiple-of 8 --max-seq-len 32".split()
@@ -125,9 +152,9 @@ def test_train_command_without_a_data_folder_downloads_tinystories_valid_and_tra
     tokenizer = str(data_dir / "tok512.model")
     assert main(["train", "--out-dir", str(out_dir), "--tokenizer", tokenizer, *tiny, *steps]) == 0
     assert RangeHandler.sent == [len(RangeHandler.payload)]  # downloaded once, into the cache
-    assert (tmp_path / "cache" / name).read_bytes() == RangeHandler.payload
+    assert (tmp_path / "cache" / SAMPLE).read_bytes() == cut
     manifest = json.loads((out_dir / "data" / "manifest.json").read_text())
-    assert [Path(f).name for f, *_ in manifest["recipe"]["files"]] == [name]
+    assert [Path(f).name for f, *_ in manifest["recipe"]["files"]] == [SAMPLE]
     assert manifest["prepared"]["train_stories"] + manifest["prepared"]["val_stories"] == 100
     assert "greedy sample from" in capsys.readouterr().out
 

@@ -197,7 +197,9 @@ def test_published_files_resolve_locally_or_say_where_to_put_them(tmp_path, monk
     monkeypatch.setitem(assets.ASSETS, "TinyStories-train.txt", offline)
     with pytest.raises(FileNotFoundError, match="could not download .*TinyStories-train.txt"):
         resolve_stories("TinyStories-train.txt")
-    with pytest.raises(FileNotFoundError, match="LLAMA2_ET_DATA, which is not set"):
+    offline = dataclasses.replace(assets.ASSETS[SAMPLE], url="http://127.0.0.1:9/sample.txt")
+    monkeypatch.setitem(assets.ASSETS, SAMPLE, offline)
+    with pytest.raises(FileNotFoundError, match=f"could not download .*{SAMPLE}"):
         resolve_stories(SAMPLE)
 
 
