@@ -208,8 +208,8 @@ def _add_train_args(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train on TinyStories (tokenizer, shards, AdamW; resumable; torchrun for DDP)",
-        description="Defaults are the tiny preset: minutes on 2 CPU cores. Data: the local sample where "
-        "LLAMA2_ET_DATA holds it, else TinyStories-valid.txt (~19 MB, downloaded once into the cache).",
+        description="Defaults are the tiny preset: minutes on 2 CPU cores. Data: the 2,316-story TinyStories "
+        "sample (read from LLAMA2_ET_DATA, or downloaded once into the cache), or --data.",
     )
     add_config_arguments(p)
     p.add_argument(

@@ -81,7 +81,7 @@ ASSETS = {
             "50a52ef822ee9e83de5ce9d0be0a025a773d019437f58b5ff9dcafb063ece361",
         ),
         # The published files of roneneldan/TinyStories. The dataset publishes no checksums that we
-        # know of, so these are size-checked only. TinyStories-valid.txt (~19 MB) is `train`'s default.
+        # know of, so these are size-checked only.
         Asset("TinyStories_all_data.tar.gz", f"{HF_TINYSTORIES}/TinyStories_all_data.tar.gz", None),
         Asset("TinyStories-train.txt", f"{HF_TINYSTORIES}/TinyStories-train.txt", None),
         Asset("TinyStories-valid.txt", f"{HF_TINYSTORIES}/TinyStories-valid.txt", None),

@@ -68,11 +68,13 @@ class MatmulAttention(nn.Module):
     - Grouped-query attention without repeat_interleave: the query heads that share a key/value
       head are stacked as rows of one matmul against that head's cache (`MatmulKVCache`).
     - Views keep at most one -1 and no symbolic size, the form XNNPACK's reshape accepts.
-    - Attention reads the first W cache positions, W the mask's width (pos + L for a filled-prefix
-      mask, Lm for a whole-cache one), so no empty slot is multiplied or softmaxed.
-    The cache is written with index_copy_ and its first W positions copied out with slice_copy
-    (portable kernels, side by side): the only break per layer. The mask arrives with its rows
-    already stacked for the query heads of a group (`GroupMask`), once per step for every layer.
+    - Attention reads the first W cache positions, W the mask's width: Lm in the gather program's
+      forward (the whole cache, read in place), a bucket's width in a bucketed program's
+      forward_<W>, pos + L for the preproc design's filled-prefix masks. A prefix narrower than Lm
+      is copied out of the cache first (`filled_prefix`).
+    The cache is written with index_copy_ at positions that are data, a portable kernel outside the
+    delegate: the break in every layer. The mask arrives with its rows already stacked for the
+    query heads of a group (`GroupMask`), once per step for every layer.
     """
 
     def __init__(self, attn: Attention, max_seq_len: int):
