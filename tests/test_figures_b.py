@@ -83,10 +83,15 @@ def test_mask_window_refuses_a_window_outside_the_mask():
 
 
 def test_check_path_labels_each_stage_with_its_count():
-    fig = check_path({"exported": 2, "edge": 2, "executorch": 0})
+    checks = ["begin >= 0", "begin + x.shape[0] <= self.table.shape[0]"]
+    fig = check_path({"exported": 2, "edge": 2, "executorch": 0}, checks)
     drawn = "\n".join(texts(fig))
     assert "2 _assert_scalar\nnodes" in drawn and "0 _assert_scalar\nnodes" in drawn
-    assert "to_executorch" in drawn and ".pte: no check\nof the position" in drawn
+    assert "torch._check(begin >= 0)\ntorch._check(begin + x.shape[0]" in drawn
+    assert "model source: 2 checks" in drawn
+    assert "to_executorch" in drawn and ".pte: no node\nchecks the position" in drawn
     assert overlapping_texts(fig) == []
     with pytest.raises(ValueError, match="executorch"):
-        check_path({"exported": 2, "edge": 2})
+        check_path({"exported": 2, "edge": 2}, checks)
+    with pytest.raises(ValueError, match="at least one"):
+        check_path({"exported": 2, "edge": 2, "executorch": 0}, [])

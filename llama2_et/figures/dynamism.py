@@ -164,47 +164,42 @@ def mask_window(mask: torch.Tensor, seq_len: int, start_pos: int) -> Figure:
     return enlarge(fig, BOOK_SCALE)
 
 
-def check_path(asserts: dict[str, int]) -> Figure:
-    """Where a `torch._check` lives at each stage; asserts: 'exported', 'edge', 'executorch' -> node count."""
+def check_path(asserts: dict[str, int], checks: list[str]) -> Figure:
+    """Where the `torch._check`s of a forward live at each stage.
+
+    asserts: 'exported', 'edge', 'executorch' -> count of _assert_scalar nodes; checks: the
+    conditions of the forward's `torch._check` calls, in source order.
+    """
     missing = {"exported", "edge", "executorch"} - set(asserts)
     if missing:
         raise ValueError(f"asserts needs a count for {sorted(missing)}")
-    fig, ax = canvas(7.2, 2.5)
-    box(ax, 0.1, 1.55, 1.45, 0.7, "model source\ntorch._check(\n  begin >= 0)", "op", fontsize=7.5)
+    if not checks:
+        raise ValueError("checks needs the condition of at least one torch._check")
+    lines = [f"torch._check({condition})" for condition in checks]
+    fig, ax = canvas(7.2, 3.2)
+    source_w = 0.3 + 0.065 * max(map(len, lines))
+    source_h = 0.2 + 0.2 * len(lines)
+    ax.text(0.1, 3.05, f"model source: {len(checks)} checks", fontsize=8, weight="bold", va="center")
+    box(
+        ax, 0.1, 2.85 - source_h, source_w, source_h, "\n".join(lines), "op", fontsize=7.5, family="monospace"
+    )
     box(ax, 0.1, 0.2, 1.45, 0.75, "eager call\nraises\nRuntimeError", "tensor", fontsize=7.5)
-    arrow(ax, (0.82, 1.55), (0.82, 0.95), "run")
+    arrow(ax, (0.82, 2.85 - source_h), (0.82, 0.95), "run")
     stages = [
-        ("torch.export", f"{asserts['exported']} _assert_scalar\nnodes", "ExportedProgram.module()\nraises"),
-        ("to_edge", f"{asserts['edge']} _assert_scalar\nnodes", "Edge program"),
-        (
-            "to_executorch",
-            f"{asserts['executorch']} _assert_scalar\nnodes",
-            ".pte: no check\nof the position",
-        ),
+        ("torch.export", "exported", "ExportedProgram.module()\nraises"),
+        ("to_edge", "edge", "Edge program"),
+        ("to_executorch", "executorch", ".pte: no node\nchecks the position"),
     ]
     x = 1.85
-    for k, (step, count, effect) in enumerate(stages):
-        arrow(ax, (x - 0.3, 1.9), (x, 1.9))
-        ax.text(x - 0.25, 2.3, step, fontsize=7.5, family="monospace")
-        box(
-            ax,
-            x,
-            1.6,
-            1.35,
-            0.6,
-            count,
-            "cache" if asserts[("exported", "edge", "executorch")[k]] else "portable",
-            fontsize=7.5,
-        )
-        box(ax, x, 0.3, 1.35, 0.55, effect, "op", fontsize=7)
-        arrow(ax, (x + 0.68, 1.6), (x + 0.68, 0.85))
+    for step, stage, effect in stages:
+        if stage == "exported":  # the first stage traces the source above it
+            arrow(ax, (x + 0.15, 2.85 - source_h), (x + 0.15, 1.55))
+        else:
+            arrow(ax, (x - 0.4, 1.3), (x, 1.3))
+        ax.text(x + 0.25, 1.7, step, fontsize=7.5, family="monospace")
+        kind = "cache" if asserts[stage] else "portable"
+        box(ax, x, 1.05, 1.35, 0.5, f"{asserts[stage]} _assert_scalar\nnodes", kind, fontsize=7.5)
+        box(ax, x, 0.2, 1.35, 0.5, effect, "op", fontsize=7)
+        arrow(ax, (x + 0.68, 1.05), (x + 0.68, 0.7))
         x += 1.75
-    ax.text(
-        7.1,
-        0.05,
-        "so the caller checks: generate raises a ValueError",
-        fontsize=7.5,
-        color="0.25",
-        ha="right",
-    )
     return enlarge(fig, BOOK_SCALE)
