@@ -215,11 +215,11 @@ def export_pte(
     """
     from executorch.devtools.backend_debug import get_delegation_info
 
-    backend_entry(backend)  # an unknown backend or design is refused before the minutes an export takes
+    backend_entry(backend)  # an unknown backend or design is refused before the export runs
     designs.check_design(design)
     if buckets and design != "gather":
         raise ValueError(f"buckets are methods of the gather design, not of {design!r}")
-    out_path = check_output_path(out_path, ".pte")  # before the minutes an export takes
+    out_path = check_output_path(out_path, ".pte")  # also before the export runs
     started = time.perf_counter()
     prepared = prepare_for_export(model, backend, max_seq_len)
     quantize_embedding_table(prepared, quantize_embedding, embedding_group_size)

@@ -63,3 +63,30 @@ def test_kernel_colours_name_the_most_frequent_kernels_and_the_legend_counts_eve
     fig = execution_plan_figure(plan)
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["op0 ×2", "op1 ×1", "op2 ×1"]
     plt.close(fig)
+
+
+def test_file_bytes_names_the_rest_so_the_parts_add_up_to_the_file():
+    from llama2_et.figures.program import file_bytes
+
+    pte = SimpleNamespace(
+        program=SimpleNamespace(
+            constant_buffer=[SimpleNamespace(storage=b"\0" * 100)],
+            backend_delegate_data=[SimpleNamespace(data=b"\0" * 30)],
+        ),
+        named_data=SimpleNamespace(buffers=[b"\0" * 200]),
+        mutable_data=[SimpleNamespace(storage=b"\0" * 8)],
+    )
+    assert "the rest" not in file_bytes(pte)
+    parts = file_bytes(pte, 400)
+    assert parts["the rest"] == 400 - 338 and sum(parts.values()) == 400
+
+
+def test_the_preproc_design_takes_a_mask_of_width_w():
+    import matplotlib.pyplot as plt
+
+    from llama2_et.figures.designs import design_flows
+
+    fig = design_flows()
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert any("mask (L, W)" in t for t in texts) and not any("mask (L, Lm)" in t for t in texts)
+    plt.close(fig)

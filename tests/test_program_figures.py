@@ -111,6 +111,10 @@ def test_file_bytes_accounts_for_the_file(stories260k_pte, stories260k):
     path = stories260k_pte("gather", "xnnpack")
     parts = file_bytes(read_pte(path))
     assert sum(parts.values()) <= path.stat().st_size - integrity.SEAL_SIZE
+    # given the size, the rest (program, padding, seal) makes the parts add up to the file
+    sized = file_bytes(read_pte(path), path.stat().st_size)
+    assert sum(sized.values()) == path.stat().st_size
+    assert sized["the rest"] >= integrity.SEAL_SIZE
     # the portable embedding kernel reads the fp32 table, a constant outside the delegate
     assert parts["constants read by kernels"] >= 4 * args.vocab_size * args.dim
     # every linear's fp32 weight (the tied output head included) is in the delegate's data

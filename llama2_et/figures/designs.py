@@ -88,7 +88,7 @@ def _preproc(ax, y: float) -> None:
         y + 0.2,
         2.8,
         0.5,
-        "inputs: cos, sin (L, Dh/2),\nmask (L, Lm), input_pos (L,)",
+        "inputs: cos, sin (L, Dh/2),\nmask (L, W), input_pos (L,)",
         "tensor",
         fontsize=7.5,
     )

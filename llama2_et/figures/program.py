@@ -36,16 +36,23 @@ def read_pte(path: str | Path):
     return deserialize_pte_binary(data)
 
 
-def file_bytes(pte) -> dict[str, int]:
-    """Where a file's bytes go: constants for kernels, the delegates' weights and graphs, initial state."""
+def file_bytes(pte, size: int | None = None) -> dict[str, int]:
+    """Where a file's bytes go: constants for kernels, the delegates' weights and graphs, initial state.
+
+    Given the file's size, "the rest" is what none of those hold: the program itself (its values,
+    instructions and metadata methods), alignment padding and, in a sealed file, the trailer.
+    """
     program = pte.program
     named = pte.named_data.buffers if pte.named_data is not None else []
-    return {
+    parts = {
         "constants read by kernels": sum(len(b.storage) for b in program.constant_buffer),
         "delegate weights": sum(len(b) for b in named),
         "delegate graphs": sum(len(b.data) for b in program.backend_delegate_data),
         "initial mutable state": sum(len(b.storage) for b in pte.mutable_data or []),
     }
+    if size is not None:
+        parts["the rest"] = size - sum(parts.values())
+    return parts
 
 
 def forward_plan(program):
