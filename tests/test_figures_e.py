@@ -12,8 +12,10 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import pytest
+from matplotlib.text import Text
 
-from llama2_et.figures.roofline import roofline
+from llama2_et.figures.labels import line_boxes
+from llama2_et.figures.roofline import CROWDED, roofline
 from llama2_et.figures.step_time import PARTS, step_parts, step_time_bars
 from llama2_et.figures.tradeoff import perplexity_vs_size
 
@@ -27,10 +29,11 @@ def close_figures():
     plt.close("all")
 
 
-def label_boxes(fig) -> dict[str, object]:
-    """The window box of every text in the figure's first axes, by its text."""
+def label_boxes(fig, axes_index: int = 0) -> dict[str, object]:
+    """The window box of every text in one axes of the figure (without its leader line), by its text."""
+    fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
-    return {t.get_text(): t.get_window_extent(renderer) for t in fig.axes[0].texts}
+    return {t.get_text(): Text.get_window_extent(t, renderer) for t in fig.axes[axes_index].texts}
 
 
 def assert_apart(boxes: dict) -> None:
@@ -38,17 +41,29 @@ def assert_apart(boxes: dict) -> None:
         assert not box_a.overlaps(box_b), f"labels {a!r} and {b!r} overlap"
 
 
-def test_roofline_labels_every_row_apart_and_inside():
+def assert_inside(fig, axes_index: int, boxes: dict) -> None:
+    inside = fig.axes[axes_index].get_window_extent(fig.canvas.get_renderer())
+    for text, b in boxes.items():
+        assert inside.x0 <= b.x0 and b.x1 <= inside.x1 and inside.y0 <= b.y0 and b.y1 <= inside.y1, text
+
+
+def assert_off_line(boxes: dict, line) -> None:
+    for text, box in boxes.items():
+        assert not any(box.overlaps(b) for b in line_boxes(line)), f"the line runs through {text!r}"
+
+
+def test_roofline_labels_every_row_apart_inside_and_off_the_roof():
     fig = roofline(SHAPE15M, RECORDED["read_bandwidth"]["bytes_per_s"], "roofline")
-    boxes = label_boxes(fig)
-    keys = [r["key"] for r in SHAPE15M["rows"] if r["key"] != "eager-nocache"]
-    assert set(keys) < set(boxes) and any(text.startswith("roof: 27.6 GB/s") for text in boxes)
-    assert_apart(boxes)
-    inside = fig.axes[0].get_window_extent(fig.canvas.get_renderer())
-    assert all(
-        inside.x0 <= b.x0 and b.x1 <= inside.x1 and inside.y0 <= b.y0 and b.y1 <= inside.y1
-        for b in boxes.values()
-    )
+    main, zoom = label_boxes(fig, 0), label_boxes(fig, 1)
+    assert {r["key"] for r in SHAPE15M["rows"]} == (set(main) | set(zoom)) - {
+        t for t in main if t.startswith("roof: 27.6 GB/s")
+    }
+    assert set(zoom) == set(CROWDED)
+    roof_line = fig.axes[0].lines[0]
+    assert_off_line({k: v for k, v in main.items() if not k.startswith("roof:")}, roof_line)
+    for index, boxes in enumerate((main, zoom)):
+        assert_apart(boxes)
+        assert_inside(fig, index, boxes)
 
 
 def test_step_parts_add_up_and_find_each_design_attention():
@@ -68,13 +83,20 @@ def test_step_parts_add_up_and_find_each_design_attention():
     )
 
 
-def test_perplexity_vs_size_labels_each_program_with_a_perplexity():
+def test_perplexity_vs_size_labels_each_program_apart_and_off_the_eager_line():
     r260 = RECORDED["models"]["stories260K"]
     fig = perplexity_vs_size(r260, "quality")
-    boxes = label_boxes(fig)
-    assert {r["key"] for r in r260["rows"] if "perplexity" in r and "file_bytes" in r} < set(boxes)
-    assert "fp32 eager PyTorch: 5.859" in boxes
-    assert_apart(boxes)
+    main, zoom = label_boxes(fig, 0), label_boxes(fig, 1)
+    keys = {r["key"] for r in r260["rows"] if "perplexity" in r and "file_bytes" in r}
+    assert (
+        keys == (set(main) | set(zoom)) - {"fp32 eager PyTorch: 5.859"}
+        and "fp32 eager PyTorch: 5.859" in main
+    )
+    assert set(zoom) == {"pte-portable", "pte-xnnpack", "export-llm"}  # 1.16 to 1.24 MiB, one perplexity
+    for index, boxes in enumerate((main, zoom)):
+        assert_apart(boxes)
+        assert_inside(fig, index, boxes)
+        assert_off_line({k: v for k, v in boxes.items() if k in keys}, fig.axes[index].lines[0])
 
 
 def test_lr_schedule_draws_lr_at_for_each_run():
@@ -91,4 +113,7 @@ def test_lr_schedule_draws_lr_at_for_each_run():
         "short (150 steps)",
         "preset (500 steps)",
     ]
-    assert_apart(label_boxes(fig))
+    boxes = label_boxes(fig)
+    assert_apart(boxes)
+    min_lr_line = next(line for line in fig.axes[0].lines if line.get_linestyle() == ":")
+    assert_off_line(boxes, min_lr_line)

@@ -32,7 +32,16 @@ def lr_schedule(runs: dict[str, TrainConfig], title: str):
         fontsize=8,
     )
     ax.axhline(first.min_lr, color="0.6", lw=0.8, ls=":")
-    ax.text(ax.get_xlim()[1], first.min_lr, f"min_lr {first.min_lr:g} ", ha="right", va="top", fontsize=8)
+    ax.annotate(  # below the line, a few points clear of it
+        f"min_lr {first.min_lr:g}",
+        (1, first.min_lr),
+        xycoords=("axes fraction", "data"),
+        xytext=(-4, -4),
+        textcoords="offset points",
+        ha="right",
+        va="top",
+        fontsize=8,
+    )
     ax.set(xlabel="step", ylabel="learning rate", title=title, ylim=(0, first.learning_rate * 1.2))
     ax.legend(fontsize=8, loc="upper right")
     ax.grid(alpha=0.3)

@@ -1,7 +1,8 @@
 """What quantization trades: each program's perplexity against the size of its file.
 
 A point per bench row that recorded both (the rows of one model that ran a `.pte` through the
-perplexity measure); a dashed line at the fp32 eager model's perplexity.
+perplexity measure); a dashed line at the fp32 eager model's perplexity. The fp32 programs whose
+files are within a few hundredths of a MiB of each other are shown apart in a zoom panel.
 """
 
 from __future__ import annotations
@@ -9,8 +10,15 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-from . import COLORS
-from .labels import place_labels
+from .labels import place_labels, zoom_panel
+from .roofline import scatter_rows
+
+
+def _crowded(mib: np.ndarray, ppl: np.ndarray, eager: float) -> np.ndarray:
+    """The points at eager's perplexity whose file sizes lie within 0.15 MiB of another such point."""
+    on_line = np.abs(ppl - eager) < 1e-3 * eager
+    near = np.abs(mib[:, None] - mib[None, :]) < 0.15
+    return on_line & ((near & on_line[None, :]).sum(axis=1) > 1)
 
 
 def perplexity_vs_size(model_result: dict, title: str):
@@ -19,13 +27,11 @@ def perplexity_vs_size(model_result: dict, title: str):
     mib = np.array([r["file_bytes"] / 2**20 for r in rows])
     ppl = np.array([r["perplexity"] for r in rows])
     eager = next(r["perplexity"] for r in model_result["rows"] if r["key"] == "eager")
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    ax.axhline(eager, ls="--", lw=0.8, color="0.5")
-    for r, x, y in zip(rows, mib, ppl, strict=True):
-        reference = r["key"].startswith("export-llm")
-        ax.scatter(
-            x, y, s=28, marker="s" if reference else "o", color="0.45" if reference else COLORS["accent"]
-        )
+    crowded = _crowded(mib, ppl, eager)
+    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(9, 4.4), gridspec_kw={"width_ratios": (2.5, 1)})
+    lines = [axes.axhline(eager, ls="--", lw=0.8, color="0.5") for axes in (ax, zoom)]
+    scatter_rows(ax, rows, mib, ppl, 26)
+    scatter_rows(zoom, [r for r, c in zip(rows, crowded, strict=True) if c], mib[crowded], ppl[crowded], 36)
     span = ppl.max() - eager
     ax.set(
         xlim=(0, mib.max() * 1.45),
@@ -34,8 +40,12 @@ def perplexity_vs_size(model_result: dict, title: str):
         ylabel="perplexity (lower is better)",
         title=title,
     )
-    ax.grid(alpha=0.3)
+    zoom.set(xlabel="file size (MiB)")
+    for axes in (ax, zoom):
+        axes.grid(alpha=0.3)
     fig.tight_layout()
+    box = zoom_panel(ax, zoom, mib[crowded], (eager - 0.02, eager + 0.02), pad=0.4)
+    zoom.ticklabel_format(axis="y", useOffset=False)
     note = ax.annotate(
         f"fp32 eager PyTorch: {eager:.3f}",
         (1, eager),
@@ -47,5 +57,8 @@ def perplexity_vs_size(model_result: dict, title: str):
         fontsize=8,
         color="0.35",
     )
-    place_labels(ax, mib, ppl, [r["key"] for r in rows], avoid=(note,))
+    keys = np.array([r["key"] for r in rows])
+    free = ~crowded
+    place_labels(ax, mib[free], ppl[free], list(keys[free]), avoid=(note, box), lines=(lines[0],))
+    place_labels(zoom, mib[crowded], ppl[crowded], list(keys[crowded]), lines=(lines[1],))
     return fig
