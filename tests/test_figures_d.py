@@ -17,7 +17,14 @@ def test_runtime_memory_figure_labels_the_measured_bytes():
 
     fig = runtime_memory_figure("m.pte", 15, 4_608_064, 655_360, 10, 4_613_088, 1_626_032, 1_039_360)
     shown = texts(fig)
-    for label in ("m.pte", "15 methods", "4,608,064 bytes", "10 mutable buffers, 655,360", "1,626,032 bytes"):
+    for label in (
+        "m.pte",
+        "15 methods",
+        "4,608,064 bytes",
+        "10 mutable buffers, 655,360",
+        "1,626,032 bytes",
+        "1,039,360 bytes in the file",
+    ):
         assert label in shown
     assert "(not measured)" in texts(runtime_memory_figure("m.pte", 1, 100, 10, 2, None, None, 5))
 

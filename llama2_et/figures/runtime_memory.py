@@ -1,7 +1,7 @@
 """Where a loaded .pte lives in memory: Runtime, Program, Method, the planned arena and the delegate's.
 
 `heap_in_use` reads how many bytes the C allocator has handed out, so that a chapter can measure
-what `load_program` and `load_method` allocate; `runtime_memory_figure` draws the four objects of
+what `load_program` and `load_method` allocate; `runtime_memory_figure` draws the three objects of
 `executorch.runtime` with those measurements and the sizes the file's memory plan declares.
 """
 
@@ -85,8 +85,8 @@ def runtime_memory_figure(
         0.25,
         3.0,
         1.25,
-        f"load_method allocated\n{_size(method_alloc)}:\nXNNPACK's copy of its weights\n"
-        f"({_size(delegate_weight_bytes)} in the file)\nand the method's own state",
+        f"load_method allocated\n{_size(method_alloc)}\n(XNNPACK's weights take\n"
+        f"{_size(delegate_weight_bytes)} in the file)",
         kind="weight",
         fontsize=7.5,
     )
