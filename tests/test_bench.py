@@ -150,3 +150,29 @@ def test_sweep_tiny_case_measures_and_reuses_its_programs(data_dir, tmp_path, ca
     # a rerun finds the programs in the work folder and exports nothing
     again = run_sweep(["stories260K"], [128], bandwidth_buffer=64 * 2**20, show=lambda _: None, **options)
     assert all(r["export_s"] is None for r in again["models"]["stories260K-ctx128"]["rows"])
+
+
+def test_sweep_saves_each_case_as_it_finishes(tmp_path, monkeypatch):
+    """An interrupted sweep leaves a JSON with the cases measured so far, their points included."""
+    from llama2_et.bench import sweep
+
+    out = tmp_path / "sweep.json"
+    out.write_text("an earlier sweep")
+    row = {"key": "runner-ours", "prefill_tps": 10.0, "decode_tps": 5.0}
+    row |= {"bytes_per_token": 2**20, "roof_fraction": 0.5}
+    first_case = {"rows": [row], "paired_ratios": {}, "prompt_tokens": 96, "new_tokens": 64}
+
+    def interrupted_after_one_case(cases, *args):
+        case_done = args[-1]
+        result = {"read_bandwidth": {}, "models": {cases[0].name: first_case}}
+        case_done(result)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "run_cases", interrupted_after_one_case)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(["stories15M"], [256, 1024], out=out, show=lambda _: None)
+    saved = json.loads(out.read_text())
+    assert list(saved["models"]) == ["stories15M-ctx256"]
+    (point,) = saved["points"]
+    assert (point["model"], point["context"], point["decode_tps"]) == ("stories15M", 256, 5.0)
+    assert not list(tmp_path.glob(".*.tmp"))  # the replaced file left no temporary behind

@@ -30,7 +30,7 @@ def test_runtime_memory_figure_labels_the_measured_bytes():
 
 
 def test_heap_in_use_sees_an_allocation_that_reuses_freed_memory():
-    from llama2_et.figures.runtime_memory import heap_in_use
+    from llama2_et.bench.memory import heap_in_use
 
     if heap_in_use() is None:
         pytest.skip("not glibc")

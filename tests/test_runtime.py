@@ -183,7 +183,7 @@ def test_runtime_stops_at_the_eos_the_program_declares(stories260k_eos_pte):
 
 LOAD_AND_MEASURE = """
 import sys
-from llama2_et.bench.workers import status_kib
+from llama2_et.bench.memory import status_kib
 from llama2_et.runtime import PteDecoder
 import executorch.runtime  # the runtime's own libraries, before the measure
 before = status_kib("VmRSS")

@@ -27,6 +27,7 @@ import torch
 
 from ..checkpoint.meta import save_meta
 from ..config import ModelArgs
+from ..files import atomic_write_text
 from ..generate import check_fits
 from .models import LONG_CONTEXT_MODEL, MODELS, BenchModel, build_model, eager_reference
 from .profile import format_profile
@@ -252,9 +253,9 @@ def run_bench(
 
 
 def write_result(result: dict, out: str | Path | None, show: Callable[[str], None]) -> None:
-    """The bench's JSON, written to `out` unless it is None."""
+    """The bench's JSON, written to `out` (replaced whole, never left half-written) unless it is None."""
     if out is not None:
-        Path(out).write_text(json.dumps(result, indent=2))
+        atomic_write_text(out, json.dumps(result, indent=2))
         show(f"wrote {out}")
 
 
@@ -276,8 +277,13 @@ def run_cases(
     threads: int | None,
     bandwidth_buffer: int,
     show: Callable[[str], None],
+    case_done: Callable[[dict], None] = lambda result: None,
 ) -> dict:
-    """Measure the read bandwidth, then bench each case in turn (run_bench's arguments): the bench's result."""
+    """Measure the read bandwidth, then bench each case in turn (run_bench's arguments): the bench's result.
+
+    `case_done` sees the result so far after each case (a long run saves it, so an interruption
+    loses one case, not all of them).
+    """
     from tqdm import tqdm
 
     for case in cases:
@@ -316,4 +322,5 @@ def run_cases(
             )
             result["models"][case.name] = model_result
             show_model(case.name, model_result, show)
+            case_done(result)
     return result

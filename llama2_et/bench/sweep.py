@@ -80,13 +80,29 @@ def run_sweep(
         preset(shape)  # an unknown name is refused before the bandwidth is measured
     cases = sweep_cases(models, contexts, new_tokens)
     work_dir = Path(work_dir) if work_dir is not None else cache_dir() / "bench-sweep"
+    shapes = {case_name(shape, context): (shape, context) for shape in models for context in contexts}
+
+    def add_points(result: dict) -> None:
+        for name, case in result["models"].items():
+            case["shape"], case["context"] = shapes[name]
+        result["points"] = sweep_points(result)
+
+    def save_so_far(result: dict) -> None:  # the cases measured so far, replaced after each case
+        add_points(result)
+        write_result(result, out, lambda _: None)
+
     result = run_cases(
-        cases, rows or list(SWEEP_ROWS), repeats, rounds, work_dir, threads, bandwidth_buffer, show
+        cases,
+        rows or list(SWEEP_ROWS),
+        repeats,
+        rounds,
+        work_dir,
+        threads,
+        bandwidth_buffer,
+        show,
+        save_so_far,
     )
-    for shape in models:
-        for context in contexts:
-            result["models"][case_name(shape, context)].update(shape=shape, context=context)
-    result["points"] = sweep_points(result)
+    add_points(result)
     show(format_sweep(result["points"]))
     write_result(result, out, show)
     return result

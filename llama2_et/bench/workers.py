@@ -20,6 +20,7 @@ import torch
 from ..checkpoint import load_checkpoint
 from ..generate import Sampler, StepTimes, generate, teacher_forced
 from ..tokenizer import Tokenizer
+from .memory import reset_peak_rss, status_kib
 
 
 def timed_greedy(decoder, prompt_ids: list[int], new_tokens: int) -> tuple[float, float, list[int]]:
@@ -58,20 +59,6 @@ def set_threads(threads: int, executorch: bool = True) -> None:
         from executorch.extension.pybindings import portable_lib
 
         portable_lib._unsafe_reset_threadpool(threads)
-
-
-def status_kib(field: str) -> int:
-    """A memory field of /proc/self/status (VmRSS, VmHWM), in KiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def reset_peak_rss() -> int:
-    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS; return that RSS in KiB."""
-    Path("/proc/self/clear_refs").write_text("5")
-    return status_kib("VmRSS")
 
 
 def measure_pair(spec: dict) -> dict:

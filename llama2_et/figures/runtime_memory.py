@@ -1,39 +1,13 @@
 """Where a loaded .pte lives in memory: Runtime, Program, Method, the planned arena and the delegate's.
 
-`heap_in_use` reads how many bytes the C allocator has handed out, so that a chapter can measure
-what `load_program` and `load_method` allocate; `runtime_memory_figure` draws the three objects of
-`executorch.runtime` with those measurements and the sizes the file's memory plan declares.
+`runtime_memory_figure` draws the three objects of `executorch.runtime` with what `load_program`
+and `load_method` allocate (measured with `llama2_et.bench.memory.heap_in_use`) and the sizes the
+file's memory plan declares.
 """
 
 from __future__ import annotations
 
-import ctypes
-
 from . import BOOK_SCALE, arrow, box, canvas, enlarge
-
-
-class _MallInfo2(ctypes.Structure):
-    """glibc's struct mallinfo2: ten size_t counters, in this order."""
-
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
-    ]
-
-
-def heap_in_use() -> int | None:
-    """Bytes allocated by malloc and not yet freed (glibc's mallinfo2), or None without glibc.
-
-    Unlike the resident set size it does not hide a new allocation that reuses memory freed
-    earlier in the process, so the difference around a call is what the call allocated and kept.
-    """
-    try:
-        mallinfo2 = ctypes.CDLL(None).mallinfo2
-    except AttributeError:  # not glibc (macOS, musl)
-        return None
-    mallinfo2.restype = _MallInfo2
-    info = mallinfo2()
-    return info.uordblks + info.hblkhd  # small blocks in the heap + large blocks mapped on their own
 
 
 def _size(nbytes: int | None) -> str:
