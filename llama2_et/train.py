@@ -237,11 +237,11 @@ def _run_steps(
             val_loss = evaluate(model, held.x, held.y, cfg.batch_size, ctx)
             history["val_step"].append(step)
             history["val_loss"].append(val_loss)
+            save_checkpoint(Path(cfg.out_dir) / "ckpt.pt", model, optimizer, step, history, cfg, ctx)
             log(
                 f"step {step}: train loss {train_loss:.4f}, val loss {val_loss:.4f} "
-                f"(unigram {held.unigram_entropy:.4f}, bigram {held.bigram_entropy:.4f})"
+                f"(unigram {held.unigram_entropy:.4f}, bigram {held.bigram_entropy:.4f}); saved ckpt.pt"
             )
-            save_checkpoint(Path(cfg.out_dir) / "ckpt.pt", model, optimizer, step, history, cfg, ctx)
         bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
         bar.update()
     bar.close()
