@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .model import Transformer
-from .transforms import attention_as_matmuls, rms_norm_as_linear
+from .transforms import attention_as_matmuls, attention_over_filled_cache, rms_norm_as_linear
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,14 @@ BACKENDS = {
         _xnnpack_partitioners,
         transforms=(rms_norm_as_linear, attention_as_matmuls),
         preserve_ops=(torch.ops.aten.linear.default,),  # XNNPACK's linear takes it whole
+    ),
+    "xnnpack-filled": Backend(
+        "xnnpack-filled",
+        "XNNPACK, with attention over the filled cache positions in llama2-et's own kernel "
+        "(the C++ runner has it; Python loads it with kernels.load_kernel_library)",
+        _xnnpack_partitioners,
+        transforms=(rms_norm_as_linear, attention_over_filled_cache),
+        preserve_ops=(torch.ops.aten.linear.default,),
     ),
     "portable": Backend(
         "portable",

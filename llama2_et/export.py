@@ -27,6 +27,7 @@ from .designs import program_and_inputs
 from .files import atomic_write_bytes, check_output_path
 from .model import Transformer
 from .quantize import quantize_embedding_table, quantize_linears
+from .transforms import FilledCacheAttention
 
 
 @dataclass
@@ -133,6 +134,11 @@ def trace(
 
     Each without the buffers its graph never reads (`drop_unread_buffers`).
     """
+    if isinstance(prepared.layers[0].attention, FilledCacheAttention) and (design != "gather" or buckets):
+        raise ValueError(
+            "backend xnnpack-filled reads the filled cache positions in the gather design's forward: "
+            f"export it with design='gather' and no buckets (got design={design!r}, buckets={buckets})"
+        )
     if buckets:
         methods = designs.bucket_programs(prepared, buckets)
     else:

@@ -156,7 +156,7 @@ class TextRunner:
                 f"{tokenizer_path}: TextLLMRunner reads a sentencepiece .model (e.g. tok512.model), "
                 "not llama2.c's tokenizer.bin"
             )
-        register_llm_custom_ops()
+        register_llm_custom_ops(pte_path)
         from executorch.extension.llm.runner import TextLLMRunner
 
         self.pte_path = pte_path

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from . import contract, designs, integrity
+from . import contract, designs, integrity, kernels
 from .generate import check_context, check_vocabulary
 from .windows import TableWindows
 
@@ -26,15 +26,19 @@ PTE_MAGIC = b"ET"  # bytes 4..5 of every ExecuTorch program (flatbuffer file ide
 EXPORT_HINT = "export one with `python -m llama2_et export --checkpoint ... --out FILE.pte`"
 
 
-def register_llm_custom_ops() -> None:
+def register_llm_custom_ops(pte_path: str | Path | None = None) -> None:
     """Register the kernels beyond the portable ones that LLM programs call (the imports register them).
 
     ExecuTorch's LLM ops (llama::custom_sdpa, update_cache) that export_llm's programs call, and the
     quantized embedding lookups (quantized_decomposed::embedding_byte, embedding_4bit) of a program
-    exported with a quantized token table, ours or export_llm's.
+    exported with a quantized token table, ours or export_llm's; and llama2-et's own
+    filled_attention when the program at pte_path calls it (kernels.py: built on first use).
     """
     from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
     from executorch.kernels import quantized  # noqa: F401
+
+    if pte_path is not None and kernels.calls_kernels(pte_path):
+        kernels.load_kernel_library()
 
 
 # executorch::runtime::set_option(const char*, Span<BackendOption>) in the wheel's libexecutorch.so,
@@ -87,7 +91,7 @@ class PteDecoder:
         from executorch.runtime import Runtime
 
         self.sealed = integrity.verify(path)  # a damaged file is refused before ExecuTorch reads it
-        register_llm_custom_ops()
+        register_llm_custom_ops(path)
         self.path = path
         try:
             self.program = Runtime.get().load_program(path, enable_etdump=enable_etdump)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import kernels  # noqa: F401  (defines torch.ops.llama2_et)
 from .kv_cache import MatmulKVCache
 from .model import Attention, RMSNorm, Transformer
 
@@ -140,3 +141,37 @@ def attention_as_matmuls(model: Transformer) -> None:
     for layer in model.layers:
         layer.attention = MatmulAttention(layer.attention, model.args.max_seq_len)
     model.layer_mask = GroupMask(model.args.n_heads // model.args.kv_heads)
+
+
+class FilledCacheAttention(MatmulAttention):
+    """`MatmulAttention` whose two matmuls, mask and softmax are one op, `llama2_et::filled_attention`.
+
+    The op's kernel (kernels.py) reads the cache positions 0..p of a query at position p only, in
+    the cache's own layout, where the matmuls read all Lm of them: the mask goes unused, and the
+    op runs outside the delegate, between the cache writes and the next delegate call.
+    """
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor,
+        input_pos: torch.Tensor,
+    ) -> torch.Tensor:
+        nh, nkv, dh, rep = self.n_heads, self.n_kv_heads, self.head_dim, self.n_rep
+        q = self.rope(self.wq(x), cos, sin, self.expand_q)  # (1, L, Nh*Dh), already scaled
+        k = self.rope(self.wk(x), cos, sin, self.expand_k)  # (1, L, Nkv*Dh)
+        v = self.wv(x)
+        cache = self.kv_cache
+        cache.update(input_pos, k.view(-1, nkv, dh), v.view(-1, nkv, dh), cache.k_cache.shape[-1])
+        q = q.view(-1, nkv, rep, dh).permute(1, 2, 0, 3).contiguous().view(nkv, -1, dh)  # (Nkv, rep*L, Dh)
+        out = torch.ops.llama2_et.filled_attention(q, cache.k_cache, cache.v_cache, input_pos)  # like q
+        out = out.view(nkv, rep, -1, dh).permute(2, 0, 1, 3).contiguous().view(1, -1, nh * dh)  # (1, L, D)
+        return self.wo(out)
+
+
+def attention_over_filled_cache(model: Transformer) -> None:
+    """Why: XNNPACK's matmuls take no run-time length, so they read every cache position each step."""
+    for layer in model.layers:
+        layer.attention = FilledCacheAttention(layer.attention, model.args.max_seq_len)

@@ -13,7 +13,13 @@ from llama2_et.config import ModelArgs
 from llama2_et.export import prepare_for_export
 from llama2_et.generate import EagerDecoder, Recorder, Sampler, generate
 from llama2_et.model import RMSNorm, Transformer
-from llama2_et.transforms import LinearMeanRMSNorm, MatmulAttention, attention_as_matmuls, rms_norm_as_linear
+from llama2_et.transforms import (
+    LinearMeanRMSNorm,
+    MatmulAttention,
+    attention_as_matmuls,
+    attention_over_filled_cache,
+    rms_norm_as_linear,
+)
 
 ARGS = ModelArgs(dim=64, n_layers=2, n_heads=8, n_kv_heads=4, vocab_size=97, max_seq_len=16)
 
@@ -41,7 +47,7 @@ def test_rms_norm_as_linear_equals_rms_norm():
     torch.testing.assert_close(LinearMeanRMSNorm(norm)(x), norm(x), atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("transform", [rms_norm_as_linear, attention_as_matmuls])
+@pytest.mark.parametrize("transform", [rms_norm_as_linear, attention_as_matmuls, attention_over_filled_cache])
 @pytest.mark.parametrize("n_kv_heads", [4, 8])  # grouped-query and plain multi-head attention
 def test_transformed_model_equals_eager_to_the_end_of_the_cache(transform, n_kv_heads):
     model = random_model(ARGS.replace(n_kv_heads=n_kv_heads))
@@ -76,6 +82,9 @@ def test_prepared_model_of_every_backend_equals_eager(name):
 def test_backend_registry():
     assert backend("portable").transforms == ()  # portable runs the eager modules as they are
     assert backend("xnnpack").transforms == (rms_norm_as_linear, attention_as_matmuls)
+    assert backend("xnnpack-filled").transforms == (rms_norm_as_linear, attention_over_filled_cache)
     assert all(t.__doc__.startswith("Why:") for b in BACKENDS.values() for t in b.transforms)
-    with pytest.raises(ValueError, match="unknown backend 'vulkan'; choose one of xnnpack, portable"):
+    with pytest.raises(
+        ValueError, match="unknown backend 'vulkan'; choose one of xnnpack, xnnpack-filled, portable"
+    ):
         backend("vulkan")

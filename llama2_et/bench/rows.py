@@ -74,6 +74,29 @@ ROWS = (
 # Rows measured only when named (--rows, the sweep): not in the default bench.
 OPTIONAL_ROWS = (
     Row("cpp-8da4w", f"our C++ runner ({GATHER} .pte, XNNPACK 8da4w)", "cpp", f"{GATHER}-8da4w", "8da4w"),
+    # backend xnnpack-filled: our filled_attention kernel reads the filled cache positions only
+    Row(
+        "runner-ours-filled",
+        f"TextLLMRunner (our {GATHER} .pte, XNNPACK fp32, filled-cache attention)",
+        "text-runner",
+        f"{GATHER}-filled",
+        kv_read="filled",
+    ),
+    Row(
+        "runner-ours-filled-8da4w",
+        f"TextLLMRunner (our {GATHER} .pte, XNNPACK 8da4w, filled-cache attention)",
+        "text-runner",
+        f"{GATHER}-filled-8da4w",
+        "8da4w",
+        kv_read="filled",
+    ),
+    Row(
+        "cpp-filled",
+        f"our C++ runner ({GATHER} .pte, XNNPACK fp32, filled-cache attention)",
+        "cpp",
+        f"{GATHER}-filled",
+        kv_read="filled",
+    ),
 )
 ROW_KEYS = tuple(r.key for r in ROWS + OPTIONAL_ROWS)
 # Rows measured alternating in one process, (ours, reference): load drifts cancel in each round's ratio.
@@ -81,6 +104,9 @@ PAIRS = (
     ("runner-ours", EXPORT_LLM),  # same runner, so only the programs differ
     ("runner-ours-8da4w", f"{EXPORT_LLM}-8da4w"),
     ("cpp", "runner-ours"),  # same program, so only the runners differ
+    ("runner-ours-filled", EXPORT_LLM),
+    ("runner-ours-filled-8da4w", f"{EXPORT_LLM}-8da4w"),
+    ("runner-ours-filled", "runner-ours"),  # what the kernel buys over reading the whole cache
 )
 
 
@@ -107,6 +133,8 @@ def export_programs(
         f"{GATHER}-8da4w-e8": ours(
             design=GATHER, backend="xnnpack", quantize_scheme="8da4w", quantize_embedding=8
         ),
+        f"{GATHER}-filled": ours(design=GATHER, backend="xnnpack-filled"),
+        f"{GATHER}-filled-8da4w": ours(design=GATHER, backend="xnnpack-filled", quantize_scheme="8da4w"),
         EXPORT_LLM: lambda path: export_with_export_llm(bm.model, path),
         f"{EXPORT_LLM}-8da4w": lambda path: export_with_export_llm(
             bm.model, path, qmode="8da4w", group_size=32

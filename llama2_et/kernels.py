@@ -1,0 +1,79 @@
+"""llama2-et's own ExecuTorch operator: attention over the filled positions of the static KV cache.
+
+`llama2_et::filled_attention(q, keys, values, positions)` is defined here for torch.export, with an
+eager reference (the same softmax(q K + causal mask) V as `transforms.MatmulAttention`, over the
+whole cache) and its `.out` variant, which `to_executorch` calls. Its ExecuTorch kernel,
+cpp/filled_attention.cpp, reads keys and values 0..p only for a query at position p: decode's
+attention then costs what the cache holds so far, not the whole context.
+
+The kernel is compiled into the C++ runner. A Python process (the ExecuTorch runtime,
+TextLLMRunner) loads it from the shared library libllama2_et_kernels.so, built beside the runner
+(cpp/build.py), which registers it in the kernel registry of the wheel's libexecutorch.so that
+both share: `load_kernel_library` before loading a program that calls the op.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import torch
+
+OP_NAME = "llama2_et::filled_attention"
+_library = torch.library.Library("llama2_et", "DEF")
+_library.define("filled_attention(Tensor q, Tensor keys, Tensor values, Tensor positions) -> Tensor")
+_library.define(
+    "filled_attention.out(Tensor q, Tensor keys, Tensor values, Tensor positions, *, Tensor(a!) out) -> Tensor(a!)"
+)
+
+
+def filled_attention_reference(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor
+) -> torch.Tensor:
+    """softmax(q @ keys + causal mask) @ values: (Nkv, R, Dh), R = rep * L.
+
+    q (Nkv, R, Dh), already scaled by 1/sqrt(Dh), its row r the token r % L; keys (Nkv, Dh, Lm);
+    values (Nkv, Lm, Dh); positions (L,). Row r attends to cache positions 0..positions[r % L].
+    """
+    rows, n_tokens, max_seq_len = q.shape[1], positions.shape[0], keys.shape[-1]
+    row_positions = positions.repeat(rows // n_tokens)  # (R,)
+    visible = torch.arange(max_seq_len, device=q.device)[None, :] <= row_positions[:, None]  # (R, Lm)
+    mask = torch.zeros(visible.shape, dtype=q.dtype, device=q.device).masked_fill(~visible, float("-inf"))
+    return torch.softmax(torch.bmm(q, keys) + mask, dim=-1) @ values
+
+
+def _reference_out(q, keys, values, positions, *, out):
+    return out.copy_(filled_attention_reference(q, keys, values, positions))
+
+
+_library.impl("filled_attention", filled_attention_reference, "CompositeExplicitAutograd")
+_library.impl("filled_attention.out", _reference_out, "CompositeExplicitAutograd")
+_library.impl("filled_attention", lambda q, keys, values, positions: torch.empty_like(q), "Meta")
+_library.impl("filled_attention.out", lambda q, keys, values, positions, *, out: out, "Meta")
+
+KERNEL_LIBRARY = "libllama2_et_kernels.so"
+_loaded: Path | None = None
+
+
+def calls_kernels(pte_path: str | Path) -> bool:
+    """Whether the program names the op (a program stores its operators' names as strings)."""
+    return OP_NAME.encode() in Path(pte_path).read_bytes()
+
+
+def load_kernel_library(build_dir: str | Path | None = None) -> Path:
+    """Build (once, with the C++ runner: cmake and a C++ compiler) and load libllama2_et_kernels.so.
+
+    Loaded with RTLD_GLOBAL, it registers the op's kernel with the wheel's libexecutorch.so, the
+    registry of every ExecuTorch runtime in this process. Loading it twice would register twice,
+    so a process loads it once; the library's path is returned.
+    """
+    global _loaded
+    if _loaded is None:
+        from .cpp import build_runner
+
+        library = build_runner(build_dir).parent / KERNEL_LIBRARY
+        if not library.is_file():
+            raise RuntimeError(f"the runner's build has no {library}; rebuild with build_runner(force=True)")
+        ctypes.CDLL(str(library), mode=ctypes.RTLD_GLOBAL)
+        _loaded = library
+    return _loaded
