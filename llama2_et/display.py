@@ -14,6 +14,7 @@ import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 NUMBER = re.compile(r"[-+]?[.\d]")  # a cell that starts like a number is right-aligned
 
@@ -94,6 +95,17 @@ class Source:
 def source(obj: object) -> Source:
     """The source of a package function, class or method, as the book displays it."""
     return Source(inspect.getsource(obj))
+
+
+def excerpt(path: str | os.PathLike, first: str, last: str, language: str = "cpp") -> Source:
+    """The lines of a source file from the one holding `first` to the next one holding `last`, headed
+    by the file's name and their line numbers (the C++ sources the book shows)."""
+    path = Path(path)
+    lines = path.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if first in line)
+    end = next(i for i in range(start, len(lines)) if last in lines[i])
+    header = f"// {path.name}, lines {start + 1}-{end + 1}"
+    return Source("\n".join([header, *lines[start : end + 1]]), language)
 
 
 @contextlib.contextmanager

@@ -93,3 +93,26 @@ def test_text_runner_and_cpp_runner_run_the_op(filled_pte, data_dir, eager_greed
     )
     assert result.returncode == 0, result.stderr
     assert [int(t) for t in result.stdout.split()] == ids + new_ids
+
+
+@pytest.mark.slow
+def test_kernel_tiles_equal_eager_with_grouped_heads(tmp_path):
+    """Head dim 48 (stories15M's): register tiles plus a remainder; 2 query heads per key/value head;
+    a 37-token prefill (blocks of 4 rows and a shorter last one), then decode steps."""
+    from llama2_et.config import ModelArgs
+    from llama2_et.model import Transformer
+    from llama2_et.runtime import PteDecoder
+
+    torch.manual_seed(0)
+    args = ModelArgs(dim=192, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512, max_seq_len=96)
+    model = Transformer(args).eval()
+    with torch.no_grad():  # logits of a few units, as a trained model's, not the hundreds of a random head
+        model.output.weight.mul_(0.02)
+    export_pte(model, tmp_path / "tiles.pte", backend="xnnpack-filled")
+    decoder, eager = PteDecoder(tmp_path / "tiles.pte"), EagerDecoder(model)
+    prompt = torch.randint(3, 512, (37,), generator=torch.Generator().manual_seed(2)).tolist()
+    worst = (decoder.step(prompt, 0) - eager.step(prompt, 0)).abs().max().item()
+    for pos in range(len(prompt), len(prompt) + 20):
+        token = (pos * 7) % 512
+        worst = max(worst, (decoder.step([token], pos) - eager.step([token], pos)).abs().max().item())
+    assert worst < 1e-4

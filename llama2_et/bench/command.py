@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .rows import OPTIONAL_ROWS
+
 
 def positive_ints(text: str) -> list[int]:
     """Comma-separated ints >= 1 (argparse type)."""
@@ -46,7 +48,11 @@ def add_bench_args(sub: argparse._SubParsersAction) -> None:
         help="comma-separated contexts for --sweep (default: 256,1024,2048)",
     )
     p.add_argument(
-        "--rows", default=None, help="comma-separated rows (default: all of bench.ROWS; optional: cpp-8da4w)"
+        "--rows",
+        default=None,
+        help="comma-separated rows (default: all of bench.ROWS; optional: "
+        + ", ".join(row.key for row in OPTIONAL_ROWS)
+        + ")",
     )
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--prompt-tokens", type=int, default=None, help="prefill length (default 64)")

@@ -7,6 +7,7 @@
 // library libllama2_et_kernels.so that Python loads before running a program that calls the op.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
@@ -18,6 +19,136 @@ namespace {
 using executorch::aten::ScalarType;
 using executorch::aten::Tensor;
 using executorch::runtime::KernelRuntimeContext;
+
+constexpr int64_t kBlockRows = 4;  // query rows per block: each cache row read serves all of them
+
+// AVX2 with FMA where the CPU has it (GCC picks the clone when the library loads), else the baseline.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define LLAMA2_ET_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define LLAMA2_ET_VECTOR_CLONES
+#endif
+
+// 8 floats, one AVX register (two SSE or NEON registers): GCC's and Clang's vector extension.
+using Vec = float __attribute__((vector_size(32)));
+constexpr int64_t kLanes = 8;
+constexpr int64_t kTile = 2 * kLanes;  // columns of a register tile: cache positions, or head dimensions
+
+inline Vec load(const float* p) {
+  Vec v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+inline void store(float* p, Vec v) { std::memcpy(p, &v, sizeof v); }
+
+// scores[i][j] = q[i] . K[:, j] for the block's kBlockRows rows and j < filled, a tile of
+// kBlockRows x kTile sums in registers at a time: each key element read serves kBlockRows rows.
+LLAMA2_ET_VECTOR_CLONES
+void full_block_scores(const float* q, const float* keys, int64_t filled, int64_t dh, int64_t lm,
+                       float* scores) {
+  int64_t j0 = 0;
+  for (; j0 + kTile <= filled; j0 += kTile) {
+    Vec acc[kBlockRows][2] = {};
+    for (int64_t d = 0; d < dh; ++d) {
+      const Vec k0 = load(keys + d * lm + j0), k1 = load(keys + d * lm + j0 + kLanes);
+      for (int64_t i = 0; i < kBlockRows; ++i) {
+        const float qd = q[i * dh + d];
+        acc[i][0] += qd * k0;
+        acc[i][1] += qd * k1;
+      }
+    }
+    for (int64_t i = 0; i < kBlockRows; ++i) {
+      store(scores + i * lm + j0, acc[i][0]);
+      store(scores + i * lm + j0 + kLanes, acc[i][1]);
+    }
+  }
+  for (int64_t i = 0; i < kBlockRows; ++i) {  // the last columns, fewer than a tile
+    for (int64_t j = j0; j < filled; ++j) {
+      float sum = 0.0f;
+      for (int64_t d = 0; d < dh; ++d) sum += q[i * dh + d] * keys[d * lm + j];
+      scores[i * lm + j] = sum;
+    }
+  }
+}
+
+// out[i] = sum over j < filled of p[i][j] V[j, :] for the block's kBlockRows rows, kTile head
+// dimensions of kBlockRows rows in registers at a time: each value element read serves every row.
+LLAMA2_ET_VECTOR_CLONES
+void full_block_values(const float* probs, const float* values, int64_t filled, int64_t dh, int64_t lm,
+                       float* out) {
+  int64_t d0 = 0;
+  for (; d0 + kTile <= dh; d0 += kTile) {
+    Vec acc[kBlockRows][2] = {};
+    for (int64_t j = 0; j < filled; ++j) {
+      const Vec v0 = load(values + j * dh + d0), v1 = load(values + j * dh + d0 + kLanes);
+      for (int64_t i = 0; i < kBlockRows; ++i) {
+        const float p = probs[i * lm + j];
+        acc[i][0] += p * v0;
+        acc[i][1] += p * v1;
+      }
+    }
+    for (int64_t i = 0; i < kBlockRows; ++i) {
+      store(out + i * dh + d0, acc[i][0]);
+      store(out + i * dh + d0 + kLanes, acc[i][1]);
+    }
+  }
+  for (int64_t i = 0; i < kBlockRows; ++i) {  // the last dimensions, fewer than a tile
+    for (int64_t d = d0; d < dh; ++d) {
+      float sum = 0.0f;
+      for (int64_t j = 0; j < filled; ++j) sum += probs[i * lm + j] * values[j * dh + d];
+      out[i * dh + d] = sum;
+    }
+  }
+}
+
+// Rows of one key/value head's queries (q: n rows of Dh), row i at position pos[i]:
+// out[i] = softmax(q[i] K[:, :pos[i]+1]) V[:pos[i]+1]. keys (Dh, Lm) and values (Lm, Dh) of that
+// head; scores holds n rows of Lm. A full block (prefill) goes through the register tiles; a
+// shorter one (every decode step: one row) streams each cache row once.
+LLAMA2_ET_VECTOR_CLONES
+void attend_block(const float* q, const float* keys, const float* values, const int64_t* pos, int64_t n,
+                  int64_t dh, int64_t lm, float* scores, float* out) {
+  int64_t filled = 0;  // the block's widest prefix: its rows' scores are computed that far
+  for (int64_t i = 0; i < n; ++i) filled = std::max(filled, pos[i] + 1);
+  const bool full = n == kBlockRows;
+  if (full) {
+    full_block_scores(q, keys, filled, dh, lm, scores);
+  } else {
+    std::fill(scores, scores + n * lm, 0.0f);
+    for (int64_t d = 0; d < dh; ++d) {  // scores[i] += q[i][d] * K[d, :filled], one cache row at a time
+      const float* key_row = keys + d * lm;
+      for (int64_t i = 0; i < n; ++i) {
+        const float qd = q[i * dh + d];
+        float* s = scores + i * lm;
+        for (int64_t j = 0; j < filled; ++j) s[j] += qd * key_row[j];
+      }
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) {  // each row's softmax over its own prefix, normalized in place
+    float* s = scores + i * lm;
+    const int64_t row_filled = pos[i] + 1;
+    const float top = *std::max_element(s, s + row_filled);
+    float total = 0.0f;
+    for (int64_t j = 0; j < row_filled; ++j) total += (s[j] = std::exp(s[j] - top));
+    const float scale = 1.0f / total;
+    for (int64_t j = 0; j < row_filled; ++j) s[j] *= scale;
+    std::fill(s + row_filled, s + filled, 0.0f);  // past its position: weight 0 in the block's sum
+  }
+  if (full) {
+    full_block_values(scores, values, filled, dh, lm, out);
+    return;
+  }
+  std::fill(out, out + n * dh, 0.0f);
+  for (int64_t j = 0; j < filled; ++j) {  // out[i] += p[i][j] * V[j, :], one cache row at a time
+    const float* value_row = values + j * dh;
+    for (int64_t i = 0; i < n; ++i) {
+      const float p = scores[i * lm + j];
+      float* o = out + i * dh;
+      for (int64_t d = 0; d < dh; ++d) o[d] += p * value_row[d];
+    }
+  }
+}
 
 // q (Nkv, R, Dh) already scaled, R = rep * L with row r for token r % L; keys (Nkv, Dh, Lm);
 // values (Nkv, Lm, Dh); positions (L,). Row r attends to cache positions 0..positions[r % L].
@@ -43,31 +174,19 @@ Tensor& filled_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const T
   const float* kd = keys.const_data_ptr<float>();
   const float* vd = values.const_data_ptr<float>();
   float* od = out.mutable_data_ptr<float>();
-  executorch::extension::parallel_for(0, nkv * rows, 1, [&](int64_t begin, int64_t end) {
-    thread_local std::vector<float> scores;  // one row of probabilities per thread, kept between calls
-    scores.resize(lm);
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t group = i / rows, filled = pos[(i % rows) % n_tokens] + 1;
-      const float* qi = qd + i * dh;
-      const float* k = kd + group * dh * lm;
-      const float* v = vd + group * lm * dh;
-      float* s = scores.data();
-      std::fill(s, s + filled, 0.0f);
-      for (int64_t d = 0; d < dh; ++d) {  // s += q[d] * K[d, :filled], a row of the cache at a time
-        const float qv = qi[d];
-        const float* krow = k + d * lm;
-        for (int64_t j = 0; j < filled; ++j) s[j] += qv * krow[j];
-      }
-      const float top = *std::max_element(s, s + filled);
-      float total = 0.0f;
-      for (int64_t j = 0; j < filled; ++j) total += (s[j] = std::exp(s[j] - top));
-      float* o = od + i * dh;
-      std::fill(o, o + dh, 0.0f);
-      for (int64_t j = 0; j < filled; ++j) {  // o += p[j] * V[j, :]
-        const float p = s[j] / total;
-        const float* vrow = v + j * dh;
-        for (int64_t d = 0; d < dh; ++d) o[d] += p * vrow[d];
-      }
+  // blocks of up to kBlockRows rows of one query head (rows r..: tokens r % L.. of one head)
+  const int64_t blocks_per_head = (n_tokens + kBlockRows - 1) / kBlockRows;
+  const int64_t heads = nkv * (rows / n_tokens);
+  executorch::extension::parallel_for(0, heads * blocks_per_head, 1, [&](int64_t begin, int64_t end) {
+    thread_local std::vector<float> scores;  // kBlockRows rows of Lm per thread, kept between calls
+    scores.resize(kBlockRows * lm);
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t head = b / blocks_per_head, token = (b % blocks_per_head) * kBlockRows;
+      const int64_t group = head / (rows / n_tokens);
+      const int64_t n = std::min(kBlockRows, n_tokens - token);
+      const int64_t row = head * n_tokens + token;  // (Nkv * R) rows, flat: group * R + (i * L + token)
+      attend_block(qd + row * dh, kd + group * dh * lm, vd + group * lm * dh, pos + token, n, dh, lm,
+                   scores.data(), od + row * dh);
     }
   });
   return out;
