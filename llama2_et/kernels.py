@@ -15,6 +15,7 @@ both share: `load_kernel_library` before loading a program that calls the op.
 from __future__ import annotations
 
 import ctypes
+import mmap
 from pathlib import Path
 
 import torch
@@ -57,7 +58,10 @@ _loaded: Path | None = None
 
 def calls_kernels(pte_path: str | Path) -> bool:
     """Whether the program names the op (a program stores its operators' names as strings)."""
-    return OP_NAME.encode() in Path(pte_path).read_bytes()
+    if Path(pte_path).stat().st_size == 0:
+        return False  # an empty file names nothing (mmap refuses it); loading it reports the problem
+    with open(pte_path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        return data.find(OP_NAME.encode()) != -1
 
 
 def load_kernel_library(build_dir: str | Path | None = None) -> Path:
