@@ -143,6 +143,28 @@ def test_export_output_path_is_checked_before_loading(tmp_path, capsys, monkeypa
         assert message in one_error_line(capsys.readouterr().err)
 
 
+def test_export_refuses_the_filled_attention_backend_outside_the_gather_design(tmp_path, capsys):
+    out = tmp_path / "m.pte"
+    assert (
+        main(
+            [
+                "export",
+                "--checkpoint",
+                "stories260K",
+                "--out",
+                str(out),
+                "--design",
+                "preproc",
+                "--backend",
+                "xnnpack-filled",
+            ]
+        )
+        == 1
+    )
+    assert "export it with design='gather' and no buckets" in one_error_line(capsys.readouterr().err)
+    assert not out.exists()
+
+
 @pytest.mark.slow  # fresh `python -m llama2_et` processes
 def test_export_on_a_read_only_file_system_fails_first(tmp_path):
     if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"]).returncode:
