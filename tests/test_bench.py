@@ -5,6 +5,7 @@ import statistics
 
 import pytest
 
+from llama2_et.bench import PAIR_PROCESSES
 from llama2_et.bench.models import fixed_prompt
 from llama2_et.bench.roofline import bytes_per_token, kv_positions_read
 from llama2_et.config import kv_cache_bytes, param_count, preset
@@ -139,8 +140,10 @@ def test_sweep_tiny_case_measures_and_reuses_its_programs(data_dir, tmp_path, ca
         assert r["export_s"] > 0 and (work / "stories260K-ctx128" / r["program"]).is_file()
     ours, ref = rows["runner-ours"], rows["export-llm"]
     assert ours["decode_vs_export_llm"] == pytest.approx(ours["decode_tps"] / ref["decode_tps"])
-    paired = case["paired_ratios"]["runner-ours/export-llm"]["decode"]
-    assert len(paired["per_round"]) == 2 and all(r > 0 for r in paired["per_round"])
+    pair = case["paired_ratios"]["runner-ours/export-llm"]
+    paired = pair["decode"]  # 2 rounds in each of the pair's processes
+    assert pair["processes"] == PAIR_PROCESSES
+    assert len(paired["per_round"]) == 2 * PAIR_PROCESSES and all(r > 0 for r in paired["per_round"])
     assert points["runner-ours"]["paired_decode"] == {"runner-ours/export-llm": paired["median"]}
     assert points["runner-ours"]["paired_decode"]["runner-ours/export-llm"] == statistics.median(
         paired["per_round"]

@@ -125,24 +125,37 @@ def worker_spec(
     }
 
 
+# A pair alternates its two programs in one process, so a change in the machine's load hits both; it
+# runs in this many processes one after another, because a process's own placement (where its memory
+# and threads land) moves one program's speed against the other's: one pair of the stories15M shape
+# measured 0.76x, 0.89x, 0.98x and 1.38x in four processes.
+PAIR_PROCESSES = 3
+
+
 def measure_pairs(
     base: dict, work: Path, rows: list[Row], programs: dict, rounds: int, progress: Callable, name: str
 ) -> tuple[dict, dict]:
-    """Ours vs export_llm's alternating in one process for `rounds` rounds, and each TextLLMRunner program's
-    decode profile: (ratios by "ours/reference", profiles by row label)."""
+    """Each pair alternating for `rounds` rounds in each of PAIR_PROCESSES processes, and each TextLLMRunner
+    program's decode profile: (ratios by "ours/reference", over every round; profiles by row label)."""
     by_key = {row.key: row for row in rows}
     paired, profiles = {}, {}
-    for ours, reference in PAIRS:  # one process alternating both: load drifts cancel in each ratio
+    for ours, reference in PAIRS:
         if ours not in by_key or reference not in by_key:
             continue
         sides = [
             {"key": key, "kind": by_key[key].kind, "program": programs[by_key[key].program]["path"]}
             for key in (ours, reference)
         ]
-        spec = {**base, "row": f"pair_{ours}", "kind": "pair", "rounds": rounds, "sides": sides}
-        with progress(total=1, desc=f"{name}: {ours} vs {reference}, {rounds} rounds") as bar:
-            paired[f"{ours}/{reference}"] = paired_ratios(measure(spec, work))
-            bar.update()
+        runs = []
+        desc = f"{name}: {ours} vs {reference}, {rounds} rounds x {PAIR_PROCESSES} processes"
+        for process in progress(range(PAIR_PROCESSES), desc=desc, unit="process"):
+            row = f"pair_{ours}_vs_{reference}_{process}"
+            runs.append(measure({**base, "row": row, "kind": "pair", "rounds": rounds, "sides": sides}, work))
+        joined = {
+            side: {phase: [tps for run in runs for tps in run[side][phase]] for phase in runs[0][side]}
+            for side in ("ours", "reference")
+        }
+        paired[f"{ours}/{reference}"] = {**paired_ratios(joined), "processes": PAIR_PROCESSES}
         for side in sides:  # where a decode step's time goes, in each program (once)
             label = by_key[side["key"]].label
             if side["kind"] == "text-runner" and label not in profiles:

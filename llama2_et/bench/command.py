@@ -69,7 +69,7 @@ def add_bench_args(sub: argparse._SubParsersAction) -> None:
         "--rounds",
         type=int,
         default=None,
-        help="alternating runs of our .pte vs export_llm's, one process (default 10; --sweep: 5)",
+        help="alternating runs of the two programs of a pair in each of its processes (default 10; --sweep: 5)",
     )
     p.add_argument(
         "--work-dir", default=None, help="keep the exported programs here, reusing those already there"

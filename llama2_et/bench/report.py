@@ -54,7 +54,7 @@ def add_ratios(results: list[dict]) -> None:
 
 
 def paired_ratios(pair: dict) -> dict:
-    """Per round and median, our row's speed over the reference row's, from one alternating process."""
+    """Per round and median, our row's speed over the reference row's, from alternating rounds."""
     paired = {}
     for phase in ("prefill", "decode"):
         ours, ref = pair["ours"][f"{phase}_tps"], pair["reference"][f"{phase}_tps"]
@@ -66,8 +66,10 @@ def paired_ratios(pair: dict) -> dict:
 def format_paired(pair: str, paired: dict) -> str:
     """One pair's ratios in one line: `pair` is "ours-key/reference-key"."""
     rounds = ", ".join(f"{r:.2f}" for r in paired["decode"]["per_round"])
+    processes = paired.get("processes", 1)  # files recorded before pairs ran in several processes: one
+    where = "in one process" if processes == 1 else f"in each of {processes} processes"
     return (
-        f"{pair}, alternating in one process: decode {paired['decode']['median']:.2f}x, prefill "
+        f"{pair}, alternating {where}: decode {paired['decode']['median']:.2f}x, prefill "
         f"{paired['prefill']['median']:.2f}x (medians of {len(paired['decode']['per_round'])} rounds; "
         f"decode per round: {rounds})"
     )

@@ -99,7 +99,7 @@ OPTIONAL_ROWS = (
     ),
 )
 ROW_KEYS = tuple(r.key for r in ROWS + OPTIONAL_ROWS)
-# Rows measured alternating in one process, (ours, reference): load drifts cancel in each round's ratio.
+# Rows measured alternating (ours, reference), in several processes: load drifts cancel in each round's ratio.
 PAIRS = (
     ("runner-ours", EXPORT_LLM),  # same runner, so only the programs differ
     ("runner-ours-8da4w", f"{EXPORT_LLM}-8da4w"),
