@@ -47,12 +47,9 @@ def add_bench_args(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="comma-separated contexts for --sweep (default: 256,1024,2048)",
     )
+    optional = ", ".join(row.key for row in OPTIONAL_ROWS)
     p.add_argument(
-        "--rows",
-        default=None,
-        help="comma-separated rows (default: all of bench.ROWS; optional: "
-        + ", ".join(row.key for row in OPTIONAL_ROWS)
-        + ")",
+        "--rows", default=None, help=f"comma-separated rows (default: bench.ROWS; optional: {optional})"
     )
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--prompt-tokens", type=int, default=None, help="prefill length (default 64)")
