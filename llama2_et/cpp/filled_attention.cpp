@@ -42,62 +42,35 @@ inline Vec load(const float* p) {
 
 inline void store(float* p, Vec v) { std::memcpy(p, &v, sizeof v); }
 
-// scores[i][j] = q[i] . K[:, j] for the block's kBlockRows rows and j < filled, a tile of
-// kBlockRows x kTile sums in registers at a time: each key element read serves kBlockRows rows.
+// out[i][c] = sum over k < depth of a[i][k] * b[k][c], for kBlockRows rows i and c < columns: row i
+// of a at a + i * a_stride, row k of b at b + k * b_stride, row i of out at out + i * out_stride. A
+// tile of kBlockRows x kTile sums stays in registers, so each element read from b serves every row.
+// Both halves of attention are this product: scores = q K (depth Dh, a column per cache position)
+// and out = p V (depth the filled positions, a column per head dimension).
 LLAMA2_ET_VECTOR_CLONES
-void full_block_scores(const float* q, const float* keys, int64_t filled, int64_t dh, int64_t lm,
-                       float* scores) {
-  int64_t j0 = 0;
-  for (; j0 + kTile <= filled; j0 += kTile) {
+void block_matmul(const float* a, int64_t a_stride, const float* b, int64_t b_stride, int64_t depth,
+                  int64_t columns, float* out, int64_t out_stride) {
+  int64_t c0 = 0;
+  for (; c0 + kTile <= columns; c0 += kTile) {
     Vec acc[kBlockRows][2] = {};
-    for (int64_t d = 0; d < dh; ++d) {
-      const Vec k0 = load(keys + d * lm + j0), k1 = load(keys + d * lm + j0 + kLanes);
+    for (int64_t k = 0; k < depth; ++k) {
+      const Vec b0 = load(b + k * b_stride + c0), b1 = load(b + k * b_stride + c0 + kLanes);
       for (int64_t i = 0; i < kBlockRows; ++i) {
-        const float qd = q[i * dh + d];
-        acc[i][0] += qd * k0;
-        acc[i][1] += qd * k1;
+        const float ai = a[i * a_stride + k];
+        acc[i][0] += ai * b0;
+        acc[i][1] += ai * b1;
       }
     }
     for (int64_t i = 0; i < kBlockRows; ++i) {
-      store(scores + i * lm + j0, acc[i][0]);
-      store(scores + i * lm + j0 + kLanes, acc[i][1]);
+      store(out + i * out_stride + c0, acc[i][0]);
+      store(out + i * out_stride + c0 + kLanes, acc[i][1]);
     }
   }
   for (int64_t i = 0; i < kBlockRows; ++i) {  // the last columns, fewer than a tile
-    for (int64_t j = j0; j < filled; ++j) {
+    for (int64_t c = c0; c < columns; ++c) {
       float sum = 0.0f;
-      for (int64_t d = 0; d < dh; ++d) sum += q[i * dh + d] * keys[d * lm + j];
-      scores[i * lm + j] = sum;
-    }
-  }
-}
-
-// out[i] = sum over j < filled of p[i][j] V[j, :] for the block's kBlockRows rows, kTile head
-// dimensions of kBlockRows rows in registers at a time: each value element read serves every row.
-LLAMA2_ET_VECTOR_CLONES
-void full_block_values(const float* probs, const float* values, int64_t filled, int64_t dh, int64_t lm,
-                       float* out) {
-  int64_t d0 = 0;
-  for (; d0 + kTile <= dh; d0 += kTile) {
-    Vec acc[kBlockRows][2] = {};
-    for (int64_t j = 0; j < filled; ++j) {
-      const Vec v0 = load(values + j * dh + d0), v1 = load(values + j * dh + d0 + kLanes);
-      for (int64_t i = 0; i < kBlockRows; ++i) {
-        const float p = probs[i * lm + j];
-        acc[i][0] += p * v0;
-        acc[i][1] += p * v1;
-      }
-    }
-    for (int64_t i = 0; i < kBlockRows; ++i) {
-      store(out + i * dh + d0, acc[i][0]);
-      store(out + i * dh + d0 + kLanes, acc[i][1]);
-    }
-  }
-  for (int64_t i = 0; i < kBlockRows; ++i) {  // the last dimensions, fewer than a tile
-    for (int64_t d = d0; d < dh; ++d) {
-      float sum = 0.0f;
-      for (int64_t j = 0; j < filled; ++j) sum += probs[i * lm + j] * values[j * dh + d];
-      out[i * dh + d] = sum;
+      for (int64_t k = 0; k < depth; ++k) sum += a[i * a_stride + k] * b[k * b_stride + c];
+      out[i * out_stride + c] = sum;
     }
   }
 }
@@ -113,7 +86,7 @@ void attend_block(const float* q, const float* keys, const float* values, const 
   for (int64_t i = 0; i < n; ++i) filled = std::max(filled, pos[i] + 1);
   const bool full = n == kBlockRows;
   if (full) {
-    full_block_scores(q, keys, filled, dh, lm, scores);
+    block_matmul(q, dh, keys, lm, dh, filled, scores, lm);  // (n, Dh) x (Dh, filled)
   } else {
     std::fill(scores, scores + n * lm, 0.0f);
     for (int64_t d = 0; d < dh; ++d) {  // scores[i] += q[i][d] * K[d, :filled], one cache row at a time
@@ -136,7 +109,7 @@ void attend_block(const float* q, const float* keys, const float* values, const 
     std::fill(s + row_filled, s + filled, 0.0f);  // past its position: weight 0 in the block's sum
   }
   if (full) {
-    full_block_values(scores, values, filled, dh, lm, out);
+    block_matmul(scores, lm, values, dh, filled, dh, out, dh);  // (n, filled) x (filled, Dh)
     return;
   }
   std::fill(out, out + n * dh, 0.0f);
