@@ -115,10 +115,21 @@ class MatmulAttention(nn.Module):
             input_pos, k.view(-1, nkv, dh), v.view(-1, nkv, dh), attended
         )  # (Nkv, Dh, W), (Nkv, W, Dh)
         q = q.view(-1, nkv, rep, dh).permute(1, 2, 0, 3).contiguous().view(nkv, -1, dh)  # (Nkv, rep*L, Dh)
-        probs = torch.softmax(torch.bmm(q, keys) + mask, dim=-1)  # (Nkv, rep*L, W)
-        out = torch.bmm(probs, values)  # (Nkv, rep*L, Dh)
+        out = self.attend(q, keys, values, mask, input_pos)  # (Nkv, rep*L, Dh)
         out = out.view(nkv, rep, -1, dh).permute(2, 0, 1, 3).contiguous().view(1, -1, nh * dh)  # (1, L, D)
         return self.wo(out)
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        mask: torch.Tensor,
+        input_pos: torch.Tensor,
+    ) -> torch.Tensor:
+        """softmax(q keys + mask) values: q (Nkv, rep*L, Dh), keys (Nkv, Dh, W), values (Nkv, W, Dh)."""
+        probs = torch.softmax(torch.bmm(q, keys) + mask, dim=-1)  # (Nkv, rep*L, W)
+        return torch.bmm(probs, values)  # (Nkv, rep*L, Dh)
 
 
 class GroupMask(nn.Module):
@@ -147,28 +158,20 @@ class FilledCacheAttention(MatmulAttention):
     """`MatmulAttention` whose two matmuls, mask and softmax are one op, `llama2_et::filled_attention`.
 
     The op's kernel (kernels.py) reads the cache positions 0..p of a query at position p only, in
-    the cache's own layout, where the matmuls read all Lm of them: the mask goes unused, and the
+    the cache's own layout, where the matmuls read all W of them: the mask goes unused, and the
     op runs outside the delegate, between the cache writes and the next delegate call.
     """
 
-    def forward(
+    def attend(
         self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
+        q: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
         mask: torch.Tensor,
         input_pos: torch.Tensor,
     ) -> torch.Tensor:
-        nh, nkv, dh, rep = self.n_heads, self.n_kv_heads, self.head_dim, self.n_rep
-        q = self.rope(self.wq(x), cos, sin, self.expand_q)  # (1, L, Nh*Dh), already scaled
-        k = self.rope(self.wk(x), cos, sin, self.expand_k)  # (1, L, Nkv*Dh)
-        v = self.wv(x)
-        cache = self.kv_cache
-        cache.update(input_pos, k.view(-1, nkv, dh), v.view(-1, nkv, dh), cache.k_cache.shape[-1])
-        q = q.view(-1, nkv, rep, dh).permute(1, 2, 0, 3).contiguous().view(nkv, -1, dh)  # (Nkv, rep*L, Dh)
-        out = torch.ops.llama2_et.filled_attention(q, cache.k_cache, cache.v_cache, input_pos)  # like q
-        out = out.view(nkv, rep, -1, dh).permute(2, 0, 1, 3).contiguous().view(1, -1, nh * dh)  # (1, L, D)
-        return self.wo(out)
+        """The same attention, each row to its own position: q (Nkv, rep*L, Dh), input_pos (L,)."""
+        return torch.ops.llama2_et.filled_attention(q, keys, values, input_pos)  # (Nkv, rep*L, Dh)
 
 
 def attention_over_filled_cache(model: Transformer) -> None:
