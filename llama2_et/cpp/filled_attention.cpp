@@ -20,11 +20,12 @@ using executorch::aten::ScalarType;
 using executorch::aten::Tensor;
 using executorch::runtime::KernelRuntimeContext;
 
-constexpr int64_t kBlockRows = 4;  // query rows per block: each cache row read serves all of them
+constexpr int64_t kBlockRows = 8;  // query rows per block: each cache row read serves all of them
 
-// AVX2 with FMA where the CPU has it (GCC picks the clone when the library loads), else the baseline.
+// AVX-512's 32 registers (a tile's 16 sums stay in registers) or AVX2 with FMA where the CPU has them
+// (GCC picks the clone when the library loads), else the baseline.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define LLAMA2_ET_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define LLAMA2_ET_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define LLAMA2_ET_VECTOR_CLONES
 #endif
@@ -75,6 +76,54 @@ void block_matmul(const float* a, int64_t a_stride, const float* b, int64_t b_st
   }
 }
 
+// exp(x) for x <= 0, 8 lanes at once: 2^n * e^r with n = round(x / ln 2) and |r| <= ln 2 / 2, e^r a
+// degree-6 polynomial (Cephes' expf coefficients), 2^n written straight into the float's exponent
+// bits. Relative error about 1e-7; x below -87 (e^x < 2e-38) is computed as e^-87.
+inline Vec exp_nonpositive(Vec x) {
+  using Int = int32_t __attribute__((vector_size(32)));
+  x = x < -87.0f ? Vec{} - 87.0f : x;
+  const Vec round_bias = Vec{} + 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const Vec n = (x * 1.44269504f + round_bias) - round_bias;
+  const Vec r = x - n * 0.693359375f + n * 2.12194440e-4f;  // ln 2 in two parts, exact n * high part
+  Vec p = Vec{} + 1.9875691500e-4f;
+  for (const float c : {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f})
+    p = p * r + c;
+  p = p * r * r + r + 1.0f;
+  const Int bits = (__builtin_convertvector(n, Int) + 127) << 23;
+  Vec two_n;
+  std::memcpy(&two_n, &bits, sizeof two_n);
+  return p * two_n;
+}
+
+// s[0..filled) = softmax of s[0..row_filled), then 0 up to filled (past the row's position: weight 0
+// in its block's sum).
+LLAMA2_ET_VECTOR_CLONES
+void softmax_prefix(float* s, int64_t row_filled, int64_t filled) {
+  float top = s[0];  // the row's max: lane by lane over whole vectors, then across lanes and the rest
+  int64_t j = 0;
+  if (row_filled >= kLanes) {
+    Vec tops = load(s);
+    for (j = kLanes; j + kLanes <= row_filled; j += kLanes) {
+      const Vec x = load(s + j);
+      tops = tops > x ? tops : x;
+    }
+    for (int64_t l = 0; l < kLanes; ++l) top = std::max(top, tops[l]);
+  }
+  for (; j < row_filled; ++j) top = std::max(top, s[j]);
+  Vec sums = {};
+  for (j = 0; j + kLanes <= row_filled; j += kLanes) {
+    const Vec e = exp_nonpositive(load(s + j) - top);
+    store(s + j, e);
+    sums += e;
+  }
+  float total = 0.0f;
+  for (int64_t l = 0; l < kLanes; ++l) total += sums[l];
+  for (; j < row_filled; ++j) total += (s[j] = std::exp(s[j] - top));
+  const float scale = 1.0f / total;
+  for (j = 0; j < row_filled; ++j) s[j] *= scale;
+  std::fill(s + row_filled, s + filled, 0.0f);
+}
+
 // Rows of one key/value head's queries (q: n rows of Dh), row i at position pos[i]:
 // out[i] = softmax(q[i] K[:, :pos[i]+1]) V[:pos[i]+1]. keys (Dh, Lm) and values (Lm, Dh) of that
 // head; scores holds n rows of Lm. A full block (prefill) goes through the register tiles; a
@@ -98,16 +147,7 @@ void attend_block(const float* q, const float* keys, const float* values, const 
       }
     }
   }
-  for (int64_t i = 0; i < n; ++i) {  // each row's softmax over its own prefix, normalized in place
-    float* s = scores + i * lm;
-    const int64_t row_filled = pos[i] + 1;
-    const float top = *std::max_element(s, s + row_filled);
-    float total = 0.0f;
-    for (int64_t j = 0; j < row_filled; ++j) total += (s[j] = std::exp(s[j] - top));
-    const float scale = 1.0f / total;
-    for (int64_t j = 0; j < row_filled; ++j) s[j] *= scale;
-    std::fill(s + row_filled, s + filled, 0.0f);  // past its position: weight 0 in the block's sum
-  }
+  for (int64_t i = 0; i < n; ++i) softmax_prefix(scores + i * lm, pos[i] + 1, filled);
   if (full) {
     block_matmul(scores, lm, values, dh, filled, dh, out, dh);  // (n, filled) x (filled, Dh)
     return;
