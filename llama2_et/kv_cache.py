@@ -7,7 +7,8 @@ from torch import nn
 
 
 def filled_prefix(cache: torch.Tensor, dim: int, length: int | torch.SymInt) -> torch.Tensor:
-    """The first `length` positions of cache along dim, a copy.
+    """The first `length` positions of cache along dim: the cache itself when length is a plain int
+    equal to Lm (every position), else a copy of that prefix.
 
     slice_copy rather than the view cache[..., :length]: the view form makes torch.export guard
     length != Lm (a slice of every position is the cache itself), which pins a symbolic length.
