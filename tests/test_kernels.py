@@ -98,7 +98,7 @@ def test_text_runner_and_cpp_runner_run_the_op(filled_pte, data_dir, eager_greed
 @pytest.mark.slow
 def test_kernel_tiles_equal_eager_with_grouped_heads(tmp_path):
     """Head dim 48 (stories15M's): register tiles plus a remainder; 2 query heads per key/value head;
-    a 37-token prefill (blocks of 4 rows and a shorter last one), then decode steps."""
+    a 37-token prefill (blocks of 8 rows and a shorter last one), then decode steps."""
     from llama2_et.config import ModelArgs
     from llama2_et.model import Transformer
     from llama2_et.runtime import PteDecoder
