@@ -157,9 +157,10 @@ def attention_as_matmuls(model: Transformer) -> None:
 class FilledCacheAttention(MatmulAttention):
     """`MatmulAttention` whose two matmuls, mask and softmax are one op, `llama2_et::filled_attention`.
 
-    The op's kernel (kernels.py) reads the cache positions 0..p of a query at position p only, in
-    the cache's own layout, where the matmuls read all W of them: the mask goes unused, and the
-    op runs outside the delegate, between the cache writes and the next delegate call.
+    The op (defined in kernels.py; its kernel is cpp/filled_attention.cpp) reads the cache
+    positions 0..p of a query at position p only, in the cache's own layout, where the matmuls read
+    all W of them: the mask goes unused, and the op runs outside the delegate, between the cache
+    writes and the next delegate call.
     """
 
     def attend(
