@@ -33,29 +33,40 @@ constexpr int64_t kBlockRows = 8;  // query rows per block: each cache row read 
 // 8 floats, one AVX register (two SSE or NEON registers): GCC's and Clang's vector extension.
 using Vec = float __attribute__((vector_size(32)));
 constexpr int64_t kLanes = 8;
-constexpr int64_t kTile = 2 * kLanes;  // columns of a register tile: cache positions, or head dimensions
 
-inline Vec load(const float* p) {
-  Vec v;
+template <typename V>
+inline V load(const float* p) {
+  V v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
 
-inline void store(float* p, Vec v) { std::memcpy(p, &v, sizeof v); }
+inline Vec load(const float* p) { return load<Vec>(p); }
 
-// out[i][c] = sum over k < depth of a[i][k] * b[k][c], for kBlockRows rows i and c < columns: row i
-// of a at a + i * a_stride, row k of b at b + k * b_stride, row i of out at out + i * out_stride. A
-// tile of kBlockRows x kTile sums stays in registers, so each element read from b serves every row.
-// Both halves of attention are this product: scores = q K (depth Dh, a column per cache position)
-// and out = p V (depth the filled positions, a column per head dimension).
-LLAMA2_ET_VECTOR_CLONES
-void block_matmul(const float* a, int64_t a_stride, const float* b, int64_t b_stride, int64_t depth,
-                  int64_t columns, float* out, int64_t out_stride) {
+template <typename V>
+inline void store(float* p, V v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+// out[i][c] = sum over k < depth of a[i][k] * b[k][c], for kBlockRows rows i and the columns c of whole
+// tiles (two vectors V wide) below `columns`; returns how many columns that is. Row i of a is at
+// a + i * a_stride, row i of out at out + i * out_stride; b[k][c0 ..] of the tile starting at column
+// c0 is at b + c0 * column_step + k * b_stride: column_step 1 for a row-major b, Dh for keys packed
+// tile by tile (pack_keys). A tile of kBlockRows x 2 vectors of sums stays in registers, so each
+// element read from b serves every row. Both halves of attention are this product: scores = q K
+// (depth Dh, a column per cache position) and out = p V (depth the filled positions, a column per
+// head dimension).
+template <typename V>
+__attribute__((always_inline)) inline int64_t tile_matmul(const float* a, int64_t a_stride, const float* b,
+                                                          int64_t b_stride, int64_t column_step, int64_t depth,
+                                                          int64_t columns, float* out, int64_t out_stride) {
+  constexpr int64_t lanes = sizeof(V) / sizeof(float), tile = 2 * lanes;
   int64_t c0 = 0;
-  for (; c0 + kTile <= columns; c0 += kTile) {
-    Vec acc[kBlockRows][2] = {};
+  for (; c0 + tile <= columns; c0 += tile) {
+    V acc[kBlockRows][2] = {};
+    const float* bt = b + c0 * column_step;
     for (int64_t k = 0; k < depth; ++k) {
-      const Vec b0 = load(b + k * b_stride + c0), b1 = load(b + k * b_stride + c0 + kLanes);
+      const V b0 = load<V>(bt + k * b_stride), b1 = load<V>(bt + k * b_stride + lanes);
       for (int64_t i = 0; i < kBlockRows; ++i) {
         const float ai = a[i * a_stride + k];
         acc[i][0] += ai * b0;
@@ -64,14 +75,73 @@ void block_matmul(const float* a, int64_t a_stride, const float* b, int64_t b_st
     }
     for (int64_t i = 0; i < kBlockRows; ++i) {
       store(out + i * out_stride + c0, acc[i][0]);
-      store(out + i * out_stride + c0 + kLanes, acc[i][1]);
+      store(out + i * out_stride + c0 + lanes, acc[i][1]);
     }
   }
+  return c0;
+}
+
+// Tiles of 2 x 8 columns (AVX2 with FMA where the CPU has it, GCC picking the clone when the library
+// loads; else the baseline), and where the CPU has AVX-512, tiles of 2 x 16 (its 32 registers hold
+// the 8 x 32 sums).
+LLAMA2_ET_VECTOR_CLONES
+int64_t narrow_tiles(const float* a, int64_t a_stride, const float* b, int64_t b_stride, int64_t column_step,
+                     int64_t depth, int64_t columns, float* out, int64_t out_stride) {
+  return tile_matmul<Vec>(a, a_stride, b, b_stride, column_step, depth, columns, out, out_stride);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+using WideVec = float __attribute__((vector_size(64)));
+const bool kWide = [] {
+  __builtin_cpu_init();  // a static initializer may run before the CPU model is read
+  return __builtin_cpu_supports("x86-64-v4") > 0;
+}();
+
+__attribute__((target("arch=x86-64-v4"))) int64_t wide_tiles(const float* a, int64_t a_stride, const float* b,
+                                                             int64_t b_stride, int64_t column_step, int64_t depth,
+                                                             int64_t columns, float* out, int64_t out_stride) {
+  return tile_matmul<WideVec>(a, a_stride, b, b_stride, column_step, depth, columns, out, out_stride);
+}
+#else
+const bool kWide = false;
+
+int64_t wide_tiles(const float*, int64_t, const float*, int64_t, int64_t, int64_t, int64_t, float*, int64_t) {
+  return 0;
+}
+#endif
+
+// Columns of a tile on this CPU: keys are packed in tiles this wide.
+const int64_t kTile = kWide ? 4 * kLanes : 2 * kLanes;
+
+inline int64_t round_up(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }
+
+// block_matmul: wide tiles where the CPU has them, then narrow tiles, then the last columns one by one
+// (a row-major b only: packed keys are padded to whole tiles).
+void block_matmul(const float* a, int64_t a_stride, const float* b, int64_t b_stride, int64_t column_step,
+                  int64_t depth, int64_t columns, float* out, int64_t out_stride) {
+  int64_t c0 = kWide ? wide_tiles(a, a_stride, b, b_stride, column_step, depth, columns, out, out_stride) : 0;
+  c0 += narrow_tiles(a, a_stride, b + c0 * column_step, b_stride, column_step, depth, columns - c0, out + c0,
+                     out_stride);
   for (int64_t i = 0; i < kBlockRows; ++i) {  // the last columns, fewer than a tile
     for (int64_t c = c0; c < columns; ++c) {
       float sum = 0.0f;
       for (int64_t k = 0; k < depth; ++k) sum += a[i * a_stride + k] * b[k * b_stride + c];
       out[i * out_stride + c] = sum;
+    }
+  }
+}
+
+// Keys (Dh, Lm) of one head -> tiles of kTile cache positions, columns `from` up to `to` (multiples
+// of kTile): the tile at column c0 is (Dh, kTile) at packed + c0 * Dh, zero past the cache's end. In
+// the cache, the 16 or 32 positions a tile needs from each of the Dh rows are Lm floats apart; packed,
+// a tile is one contiguous read.
+void pack_keys(const float* keys, int64_t dh, int64_t lm, int64_t from, int64_t to, float* packed) {
+  for (int64_t c0 = from; c0 < to; c0 += kTile) {
+    float* tile = packed + c0 * dh;
+    const int64_t width = std::min(kTile, lm - c0);
+    for (int64_t d = 0; d < dh; ++d) {
+      std::memcpy(tile + d * kTile, keys + d * lm + c0, width * sizeof(float));
+      std::fill(tile + d * kTile + width, tile + (d + 1) * kTile, 0.0f);
     }
   }
 }
@@ -126,37 +196,39 @@ void softmax_prefix(float* s, int64_t row_filled, int64_t filled) {
 
 // Rows of one key/value head's queries (q: n rows of Dh), row i at position pos[i]:
 // out[i] = softmax(q[i] K[:, :pos[i]+1]) V[:pos[i]+1]. keys (Dh, Lm) and values (Lm, Dh) of that
-// head; scores holds n rows of Lm. A full block (prefill) goes through the register tiles; a
-// shorter one (every decode step: one row) streams each cache row once.
+// head, and for a full block its keys packed (pack_keys) as far as the block reads; scores holds n rows,
+// scores_stride apart. A full block (prefill) goes through the register tiles; a shorter one (every
+// decode step: one row) streams each cache row once.
 LLAMA2_ET_VECTOR_CLONES
-void attend_block(const float* q, const float* keys, const float* values, const int64_t* pos, int64_t n,
-                  int64_t dh, int64_t lm, float* scores, float* out) {
+void attend_block(const float* q, const float* keys, const float* packed, const float* values, const int64_t* pos,
+                  int64_t n, int64_t dh, int64_t lm, float* scores, int64_t scores_stride, float* out) {
   int64_t filled = 0;  // the block's widest prefix: its rows' scores are computed that far
   for (int64_t i = 0; i < n; ++i) filled = std::max(filled, pos[i] + 1);
   const bool full = n == kBlockRows;
   if (full) {
-    block_matmul(q, dh, keys, lm, dh, filled, scores, lm);  // (n, Dh) x (Dh, filled)
+    // (n, Dh) x (Dh, filled), in whole tiles: the columns past filled are never read
+    block_matmul(q, dh, packed, kTile, dh, dh, round_up(filled, kTile), scores, scores_stride);
   } else {
-    std::fill(scores, scores + n * lm, 0.0f);
+    std::fill(scores, scores + n * scores_stride, 0.0f);
     for (int64_t d = 0; d < dh; ++d) {  // scores[i] += q[i][d] * K[d, :filled], one cache row at a time
       const float* key_row = keys + d * lm;
       for (int64_t i = 0; i < n; ++i) {
         const float qd = q[i * dh + d];
-        float* s = scores + i * lm;
+        float* s = scores + i * scores_stride;
         for (int64_t j = 0; j < filled; ++j) s[j] += qd * key_row[j];
       }
     }
   }
-  for (int64_t i = 0; i < n; ++i) softmax_prefix(scores + i * lm, pos[i] + 1, filled);
+  for (int64_t i = 0; i < n; ++i) softmax_prefix(scores + i * scores_stride, pos[i] + 1, filled);
   if (full) {
-    block_matmul(scores, lm, values, dh, filled, dh, out, dh);  // (n, filled) x (filled, Dh)
+    block_matmul(scores, scores_stride, values, dh, 1, filled, dh, out, dh);  // (n, filled) x (filled, Dh)
     return;
   }
   std::fill(out, out + n * dh, 0.0f);
   for (int64_t j = 0; j < filled; ++j) {  // out[i] += p[i][j] * V[j, :], one cache row at a time
     const float* value_row = values + j * dh;
     for (int64_t i = 0; i < n; ++i) {
-      const float p = scores[i * lm + j];
+      const float p = scores[i * scores_stride + j];
       float* o = out + i * dh;
       for (int64_t d = 0; d < dh; ++d) o[d] += p * value_row[d];
     }
@@ -190,16 +262,29 @@ Tensor& filled_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const T
   // blocks of up to kBlockRows rows of one query head (rows r..: tokens r % L.. of one head)
   const int64_t blocks_per_head = (n_tokens + kBlockRows - 1) / kBlockRows;
   const int64_t heads = nkv * (rows / n_tokens);
+  const int64_t scores_stride = round_up(lm, kTile);  // a full block's scores run to a whole tile
   executorch::extension::parallel_for(0, heads * blocks_per_head, 1, [&](int64_t begin, int64_t end) {
-    thread_local std::vector<float> scores;  // kBlockRows rows of Lm per thread, kept between calls
-    scores.resize(kBlockRows * lm);
+    // per thread, kept between calls: kBlockRows rows of scores, and one key/value head's keys packed
+    thread_local std::vector<float> scores, packed;
+    scores.resize(kBlockRows * scores_stride);
+    packed.resize(dh * scores_stride);
+    int64_t packed_group = -1, packed_columns = 0;  // what `packed` holds in this call
     for (int64_t b = begin; b < end; ++b) {
       const int64_t head = b / blocks_per_head, token = (b % blocks_per_head) * kBlockRows;
       const int64_t group = head / (rows / n_tokens);
       const int64_t n = std::min(kBlockRows, n_tokens - token);
       const int64_t row = head * n_tokens + token;  // (Nkv * R) rows, flat: group * R + (i * L + token)
-      attend_block(qd + row * dh, kd + group * dh * lm, vd + group * lm * dh, pos + token, n, dh, lm,
-                   scores.data(), od + row * dh);
+      if (n == kBlockRows) {  // a full block reads packed keys up to its widest position
+        const int64_t widest = *std::max_element(pos + token, pos + token + n) + 1;
+        if (group != packed_group) packed_group = group, packed_columns = 0;
+        const int64_t needed = round_up(widest, kTile);
+        if (needed > packed_columns) {
+          pack_keys(kd + group * dh * lm, dh, lm, packed_columns, needed, packed.data());
+          packed_columns = needed;
+        }
+      }
+      attend_block(qd + row * dh, kd + group * dh * lm, packed.data(), vd + group * lm * dh, pos + token, n, dh,
+                   lm, scores.data(), scores_stride, od + row * dh);
     }
   });
   return out;
