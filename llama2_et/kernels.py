@@ -3,8 +3,9 @@
 `llama2_et::filled_attention(q, keys, values, positions)` is defined here for torch.export, with an
 eager reference (the same softmax(q K + causal mask) V as `transforms.MatmulAttention`, over the
 whole cache) and its `.out` variant, which `to_executorch` calls. Its ExecuTorch kernel,
-cpp/filled_attention.cpp, reads keys and values 0..p only for a query at position p: decode's
-attention then costs what the cache holds so far, not the whole context.
+cpp/filled_attention.cpp, reads keys and values 0..p for a decode step at position p (a prefill
+block of queries, to about its furthest one's) and little beyond: decode's attention then costs
+what the cache holds so far, not the whole context.
 
 The kernel is compiled into the C++ runner. A Python process (the ExecuTorch runtime,
 TextLLMRunner) loads it from the shared library libllama2_et_kernels.so, built beside the runner

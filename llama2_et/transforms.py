@@ -157,9 +157,10 @@ def attention_as_matmuls(model: Transformer) -> None:
 class FilledCacheAttention(MatmulAttention):
     """`MatmulAttention` whose two matmuls, mask and softmax are one op, `llama2_et::filled_attention`.
 
-    The op (defined in kernels.py; its kernel is cpp/filled_attention.cpp) reads the cache
-    positions 0..p of a query at position p only, in the cache's own layout, where the matmuls read
-    all W of them: the mask goes unused, and the op runs outside the delegate, between the cache
+    The op (defined in kernels.py; its kernel is cpp/filled_attention.cpp) reads the cache only
+    as far as it is filled, in the cache's own layout: a query at position p from positions 0..p (a
+    prefill block of queries reads to about its furthest one's), where the matmuls read all W
+    positions. The mask goes unused, and the op runs outside the delegate, between the cache
     writes and the next delegate call.
     """
 

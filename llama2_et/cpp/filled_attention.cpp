@@ -1,9 +1,10 @@
 // llama2_et::filled_attention.out: attention that reads only the filled positions of a static KV cache.
 //
 // The kernel of the op that llama2_et/kernels.py defines for torch.export (its eager reference is
-// there). A step at positions p reads keys and values 0..p of the cache and nothing beyond, in the
-// cache's own layout (transforms.py, MatmulKVCache), so decode's attention grows with the filled
-// prefix instead of costing the whole context. Compiled into the C++ runner and into the shared
+// there). A decode step at position p reads keys and values 0..p of the cache and nothing beyond
+// (a prefill block of query rows, up to its furthest row's position, keys to the end of that tile),
+// in the cache's own layout (transforms.py, MatmulKVCache), so decode's attention grows with the
+// filled prefix instead of costing the whole context. Compiled into the C++ runner and into the shared
 // library libllama2_et_kernels.so that Python loads before running a program that calls the op.
 #include <algorithm>
 #include <cmath>
