@@ -35,14 +35,12 @@ constexpr int64_t kBlockRows = 8;  // query rows per block: each cache row read 
 using Vec = float __attribute__((vector_size(32)));
 constexpr int64_t kLanes = 8;
 
-template <typename V>
+template <typename V = Vec>
 inline V load(const float* p) {
   V v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
-
-inline Vec load(const float* p) { return load<Vec>(p); }
 
 template <typename V>
 inline void store(float* p, V v) {
@@ -82,9 +80,8 @@ __attribute__((always_inline)) inline int64_t tile_matmul(const float* a, int64_
   return c0;
 }
 
-// Tiles of 2 x 8 columns (AVX2 with FMA where the CPU has it, GCC picking the clone when the library
-// loads; else the baseline), and where the CPU has AVX-512, tiles of 2 x 16 (its 32 registers hold
-// the 8 x 32 sums).
+// Tiles of 2 x 8 columns: AVX2 with FMA where the CPU has it (GCC picks the clone when the library
+// loads), else the baseline.
 LLAMA2_ET_VECTOR_CLONES
 int64_t narrow_tiles(const float* a, int64_t a_stride, const float* b, int64_t b_stride, int64_t column_step,
                      int64_t depth, int64_t columns, float* out, int64_t out_stride) {
@@ -93,6 +90,7 @@ int64_t narrow_tiles(const float* a, int64_t a_stride, const float* b, int64_t b
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 using WideVec = float __attribute__((vector_size(64)));
+// Tiles of 2 x 16 columns where the CPU has AVX-512: its 32 registers hold the 8 x 32 sums.
 const bool kWide = [] {
   __builtin_cpu_init();  // a static initializer may run before the CPU model is read
   return __builtin_cpu_supports("x86-64-v4") > 0;
@@ -195,16 +193,15 @@ void softmax_prefix(float* s, int64_t row_filled, int64_t filled) {
   std::fill(s + row_filled, s + filled, 0.0f);
 }
 
-// Rows of one key/value head's queries (q: n rows of Dh), row i at position pos[i]:
-// out[i] = softmax(q[i] K[:, :pos[i]+1]) V[:pos[i]+1]. keys (Dh, Lm) and values (Lm, Dh) of that
-// head, and for a full block its keys packed (pack_keys) as far as the block reads; scores holds n rows,
-// scores_stride apart. A full block (prefill) goes through the register tiles; a shorter one (every
+// Rows of one query head (q: n rows of Dh), row i at position pos[i], `filled` the widest prefix
+// max pos[i] + 1: out[i] = softmax(q[i] K[:, :pos[i]+1]) V[:pos[i]+1]. keys (Dh, Lm) and values
+// (Lm, Dh) of its key/value head, and for a full block its keys packed (pack_keys) as far as the block
+// reads; scores holds n rows, scores_stride apart. A full block (prefill) goes through the register tiles; a shorter one (every
 // decode step: one row) streams each cache row once.
 LLAMA2_ET_VECTOR_CLONES
 void attend_block(const float* q, const float* keys, const float* packed, const float* values, const int64_t* pos,
-                  int64_t n, int64_t dh, int64_t lm, float* scores, int64_t scores_stride, float* out) {
-  int64_t filled = 0;  // the block's widest prefix: its rows' scores are computed that far
-  for (int64_t i = 0; i < n; ++i) filled = std::max(filled, pos[i] + 1);
+                  int64_t n, int64_t filled, int64_t dh, int64_t lm, float* scores, int64_t scores_stride,
+                  float* out) {
   const bool full = n == kBlockRows;
   if (full) {
     // (n, Dh) x (Dh, filled), in whole tiles: the columns past filled are never read
@@ -275,17 +272,18 @@ Tensor& filled_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const T
       const int64_t group = head / (rows / n_tokens);
       const int64_t n = std::min(kBlockRows, n_tokens - token);
       const int64_t row = head * n_tokens + token;  // (Nkv * R) rows, flat: group * R + (i * L + token)
+      // the block's widest prefix: its rows' scores are computed that far
+      const int64_t filled = *std::max_element(pos + token, pos + token + n) + 1;
       if (n == kBlockRows) {  // a full block reads packed keys up to its widest position
-        const int64_t widest = *std::max_element(pos + token, pos + token + n) + 1;
         if (group != packed_group) packed_group = group, packed_columns = 0;
-        const int64_t needed = round_up(widest, kTile);
+        const int64_t needed = round_up(filled, kTile);
         if (needed > packed_columns) {
           pack_keys(kd + group * dh * lm, dh, lm, packed_columns, needed, packed.data());
           packed_columns = needed;
         }
       }
-      attend_block(qd + row * dh, kd + group * dh * lm, packed.data(), vd + group * lm * dh, pos + token, n, dh,
-                   lm, scores.data(), scores_stride, od + row * dh);
+      attend_block(qd + row * dh, kd + group * dh * lm, packed.data(), vd + group * lm * dh, pos + token, n,
+                   filled, dh, lm, scores.data(), scores_stride, od + row * dh);
     }
   });
   return out;
