@@ -67,9 +67,13 @@ class MatmulKVCache(nn.Module):
 
         Keys (Nkv, Dh, W), values (Nkv, W, Dh): the whole cache when W is Lm, as `KVCache.update`.
         """
-        self.k_cache.index_copy_(2, input_pos, k.permute(1, 2, 0))  # (Nkv, Dh, L)
-        self.v_cache.index_copy_(1, input_pos, v.transpose(0, 1))  # (Nkv, L, Dh)
+        self.write(input_pos, k.permute(1, 2, 0), v.transpose(0, 1))  # (Nkv, Dh, L), (Nkv, L, Dh)
         return filled_prefix(self.k_cache, 2, attended), filled_prefix(self.v_cache, 1, attended)
+
+    def write(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Keys (Nkv, Dh, L) and values (Nkv, L, Dh) into the cache at positions input_pos (L,)."""
+        self.k_cache.index_copy_(2, input_pos, k)
+        self.v_cache.index_copy_(1, input_pos, v)
 
     def reset(self) -> None:
         self.k_cache.zero_()

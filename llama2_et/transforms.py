@@ -78,6 +78,8 @@ class MatmulAttention(nn.Module):
     query heads of a group (`GroupMask`), once per step for every layer.
     """
 
+    cache_type = MatmulKVCache
+
     def __init__(self, attn: Attention, max_seq_len: int):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = attn.n_heads, attn.n_kv_heads, attn.head_dim
@@ -88,7 +90,7 @@ class MatmulAttention(nn.Module):
         self.register_buffer("pair_swap", pair_swap_matrix(self.head_dim), persistent=False)
         self.register_buffer("expand_q", pair_expansion(self.n_heads, self.head_dim), persistent=False)
         self.register_buffer("expand_k", pair_expansion(self.n_kv_heads, self.head_dim), persistent=False)
-        self.kv_cache = MatmulKVCache(self.n_kv_heads, max_seq_len, self.head_dim)
+        self.kv_cache = self.cache_type(self.n_kv_heads, max_seq_len, self.head_dim)
 
     def rope(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, expand: torch.Tensor
@@ -154,6 +156,17 @@ def attention_as_matmuls(model: Transformer) -> None:
     model.layer_mask = GroupMask(model.args.n_heads // model.args.kv_heads)
 
 
+class KernelKVCache(MatmulKVCache):
+    """`MatmulKVCache` written by llama2-et's own op, `llama2_et::write_cache` (kernels.py), for the
+    programs that already need the package's kernels: each run of consecutive positions is copied as
+    one block, where index_copy_'s portable kernel indexes every element.
+    """
+
+    def write(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        torch.ops.llama2_et.write_cache(k, self.k_cache, input_pos, 2)
+        torch.ops.llama2_et.write_cache(v, self.v_cache, input_pos, 1)
+
+
 class FilledCacheAttention(MatmulAttention):
     """`MatmulAttention` whose two matmuls, mask and softmax are one op, `llama2_et::filled_attention`.
 
@@ -161,8 +174,10 @@ class FilledCacheAttention(MatmulAttention):
     as far as it is filled, in the cache's own layout: a query at position p from positions 0..p (a
     prefill block of queries reads to about its furthest one's), where the matmuls read all W
     positions. The mask goes unused, and the op runs outside the delegate, between the cache
-    writes and the next delegate call.
+    writes and the next delegate call. The cache writes are the package's op too (`KernelKVCache`).
     """
+
+    cache_type = KernelKVCache
 
     def attend(
         self,

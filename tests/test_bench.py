@@ -105,6 +105,22 @@ def test_bench_eager_rows(data_dir, tmp_path, capsys):
     assert not any(word in printed.lower() for word in ("peer", "goal"))
 
 
+@pytest.mark.slow  # an export, the C++ runner three times
+def test_bench_cpp_row_reads_the_bandwidth_before_each_run(data_dir, tmp_path):
+    """The C++ runner's roof: each timed run against the bandwidth measured just before it, then the median."""
+    from llama2_et.bench import run_bench
+
+    saved = run_bench(
+        ["stories260K"], rows=["cpp"], prompt_tokens=16, new_tokens=4, repeats=2, bandwidth_buffer=64 * 2**20
+    )
+    (row,) = saved["models"]["stories260K"]["rows"]
+    per_run = row["read_bandwidth_per_run"]
+    assert len(per_run) == len(row["decode_tps_all"]) == 2 and all(b > 1e8 for b in per_run)
+    fractions = [tps * row["bytes_per_token"] / b for tps, b in zip(row["decode_tps_all"], per_run)]
+    assert row["roof_fraction"] == pytest.approx(statistics.median(fractions))
+    assert row["greedy_match"] == 1.0
+
+
 @pytest.mark.slow  # two exports and a worker process per row, twice
 def test_sweep_tiny_case_measures_and_reuses_its_programs(data_dir, tmp_path, capsys):
     """One tiny shape at one short context, both fp32 TextLLMRunner rows: the JSON the figure reads."""

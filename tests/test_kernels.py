@@ -119,3 +119,50 @@ def test_kernel_tiles_equal_eager_with_grouped_heads(tmp_path):
     chunk = [(7 * i) % 509 + 3 for i in range(32)]  # positions 58..89: 4 full blocks, the last reads 89
     worst = max(worst, (decoder.step(chunk, 58) - eager.step(chunk, 58)).abs().max().item())
     assert worst < 1e-4
+
+
+SHAPE = (2, 6, 8, 7)  # a cache of 6, 8 or 7 positions along dim 1, 2 or 3
+
+
+class _CacheWriter(torch.nn.Module):
+    """A (2, 6, 8, 7) cache written by the op along `dim`, returned whole (plus zero: a copy)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.register_buffer("cache", torch.zeros(SHAPE), persistent=False)
+
+    def forward(self, source: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        torch.ops.llama2_et.write_cache(source, self.cache, positions, self.dim)
+        return self.cache + 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dim", [1, 2, 3])
+def test_write_cache_kernel_equals_index_copy(dim, tmp_path):
+    """Runs of consecutive positions and single ones, two calls into the same cache, at each dim."""
+    from executorch.exir import to_edge
+    from executorch.runtime import Runtime
+
+    kernels.load_kernel_library()
+    size = SHAPE[dim]
+    writer = _CacheWriter(dim).eval()
+    example = torch.zeros(*(n if d != dim else 2 for d, n in enumerate(SHAPE)))
+    count = torch.export.Dim("count", min=1, max=size)
+    with torch.no_grad():
+        exported = torch.export.export(
+            writer, (example, torch.arange(2)), dynamic_shapes=({dim: count}, {0: count})
+        )
+    pte = tmp_path / "write.pte"
+    pte.write_bytes(to_edge(exported).to_executorch().buffer)
+    method = Runtime.get().load_program(pte).load_method("forward")
+    expected = torch.zeros(SHAPE)
+    torch.manual_seed(0)
+    for positions in ([size - 3, size - 2, size - 1, 0, 2], [1, 3, 4]):  # a run, a gap; then singles
+        positions = torch.tensor(positions)
+        shape = list(expected.shape)
+        shape[dim] = len(positions)
+        source = torch.randn(shape)
+        expected.index_copy_(dim, positions, source)
+        (got,) = method.execute([source, positions])
+        assert torch.equal(got, expected)

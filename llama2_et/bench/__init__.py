@@ -95,7 +95,13 @@ def measure_bandwidth(work: Path, threads: int, buffer_bytes: int) -> dict:
 
 
 def worker_spec(
-    bm: BenchModel, work: Path, rows: list[Row], new_tokens: int, repeats: int, threads: int
+    bm: BenchModel,
+    work: Path,
+    rows: list[Row],
+    new_tokens: int,
+    repeats: int,
+    threads: int,
+    bandwidth_buffer: int,
 ) -> dict:
     """What every worker of a model reads: eager's greedy reference, the checkpoint, tokenizers, the C++ runner."""
     ref_path = work / "reference.pt"
@@ -122,6 +128,7 @@ def worker_spec(
         "repeats": repeats,
         "reference": str(ref_path),
         "threads": threads,
+        "bandwidth_buffer": bandwidth_buffer,  # a C++ row reads it before each run (measure_cpp)
     }
 
 
@@ -177,13 +184,16 @@ def bench_model(
     repeats: int,
     rounds: int,
     progress: Callable,
-    bandwidth: float,
+    bandwidth: dict,
     threads: int,
     reuse: bool = False,
 ) -> dict:
-    """Export, measure every row in its own process, then ours vs export_llm's alternating for `rounds` rounds."""
+    """Export, measure every row in its own process, then ours vs export_llm's alternating for `rounds` rounds.
+
+    `bandwidth` is the run's read_bandwidth measurement: its buffer size is the one a C++ row reads again
+    before each of its runs."""
     work.mkdir(parents=True, exist_ok=True)
-    base = worker_spec(bm, work, rows, new_tokens, repeats, threads)
+    base = worker_spec(bm, work, rows, new_tokens, repeats, threads, bandwidth["buffer_bytes"])
     programs = export_programs(bm, work, {r.program for r in rows if r.program}, progress, reuse)
     results = []
     for row in progress(rows, desc=f"{bm.name}: measure", unit="row"):
@@ -192,7 +202,7 @@ def bench_model(
         results.append(summarize(row, measure(spec, work), program))
     paired, profiles = measure_pairs(base, work, rows, programs, rounds, progress, bm.name)
     return model_result(
-        bm.model.args, len(bm.prompt_ids), new_tokens, rows, results, bandwidth, paired, profiles
+        bm.model.args, len(bm.prompt_ids), new_tokens, rows, results, bandwidth["bytes_per_s"], paired, profiles
     )
 
 
@@ -329,7 +339,7 @@ def run_cases(
                 repeats,
                 rounds,
                 tqdm,
-                result["read_bandwidth"]["bytes_per_s"],
+                result["read_bandwidth"],
                 threads,
                 work_dir is not None,
             )

@@ -28,7 +28,7 @@ def summarize(row: Row, run: dict, program: dict | None) -> dict:
         "greedy_match": run["greedy_match"],
         "generated_tokens": run["generated_tokens"],
     }
-    for key in ("teacher_forced_agreement", "max_logit_error", "perplexity"):
+    for key in ("teacher_forced_agreement", "max_logit_error", "perplexity", "read_bandwidth_per_run"):
         if key in run:
             out[key] = run[key]
     if program:

@@ -95,11 +95,21 @@ def add_roofline(
     new_tokens: int,
     bandwidth: float,
 ) -> None:
-    """Each row's bytes per decoded token and the fraction of the read bandwidth its decode speed reaches."""
+    """Each row's bytes per decoded token and the fraction of the read bandwidth its decode speed reaches.
+
+    `bandwidth` is the run's, measured once at its start. A row that measured the bandwidth right before
+    each of its runs (the C++ runner's, `read_bandwidth_per_run`) takes the median of each run's own
+    fraction instead: the machine's bandwidth moves during a long run, by ±10% on a shared host.
+    """
     for result, row in zip(results, rows, strict=True):
         kv = kv_positions_read(row.kv_read, args.max_seq_len, prompt_tokens, new_tokens)
         quantized = result["file_bytes"] if row.weights != "fp32" else None
         embedding_bits = 8 if row.weights.endswith("-e8") else 32
         result["kv_positions_read"] = kv
         result["bytes_per_token"] = bytes_per_token(args, kv, quantized, embedding_bits)
-        result["roof_fraction"] = result["decode_tps"] * result["bytes_per_token"] / bandwidth
+        per_run = result.get("read_bandwidth_per_run")
+        if per_run:
+            fractions = [tps / per_s for tps, per_s in zip(result["decode_tps_all"], per_run, strict=True)]
+            result["roof_fraction"] = statistics.median(fractions) * result["bytes_per_token"]
+        else:
+            result["roof_fraction"] = result["decode_tps"] * result["bytes_per_token"] / bandwidth

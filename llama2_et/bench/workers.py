@@ -152,6 +152,7 @@ def measure_runtime(spec: dict, reference: dict) -> dict:
     return result
 
 
+BANDWIDTH_PASSES_PER_RUN = 3  # sums of the bench's buffer before each timed C++ run (their median)
 PEAK_RSS_LINE = re.compile(r"^peak_rss_kib (\d+)$", re.MULTILINE)
 SPEED_LINE = re.compile(r"^(prefill|decode): (\d+) tokens in [\d.]+ ms, ([\d.]+) tok/s", re.MULTILINE)
 
@@ -179,19 +180,25 @@ def run_cpp(spec: dict, program: str) -> tuple[float, float, list[int], int]:
 
 
 def measure_cpp(spec: dict, reference: dict) -> dict:
-    """Run the C++ runner repeats+1 times (the first a warm-up): speeds, greedy match, peak RSS."""
-    result: dict = {"prefill_tps": [], "decode_tps": []}
+    """Run the C++ runner repeats+1 times (the first a warm-up): speeds, greedy match, peak RSS, and the
+    read bandwidth measured right before each timed run (the runner is a process of its own, so the
+    measurement never overlaps it), against which that run's own roof fraction is taken (roofline.py).
+    """
+    from .roofline import read_bandwidth
+
+    torch.set_num_threads(spec["threads"])  # the bandwidth is read with the runner's thread count
+    result: dict = {"prefill_tps": [], "decode_tps": [], "read_bandwidth_per_run": []}
     peak_kib = 0
-    for _ in range(spec["repeats"] + 1):
+    for repeat in range(spec["repeats"] + 1):
+        if repeat:  # not before the warm-up, which is not timed
+            bandwidth = read_bandwidth(spec["bandwidth_buffer"], BANDWIDTH_PASSES_PER_RUN)
+            result["read_bandwidth_per_run"].append(bandwidth["bytes_per_s"])
         prefill, decode, ids, rss_kib = run_cpp(spec, spec["program"])
-        result["prefill_tps"].append(prefill)
-        result["decode_tps"].append(decode)
+        if repeat:
+            result["prefill_tps"].append(prefill)
+            result["decode_tps"].append(decode)
         peak_kib = max(peak_kib, rss_kib)
     tokens = ids[len(spec["prompt_ids"]) :]
-    result["prefill_tps"], result["decode_tps"] = (
-        result["prefill_tps"][1:],
-        result["decode_tps"][1:],
-    )  # warm-up
     result["greedy_match"] = match(tokens, reference["tokens"])
     result["generated_tokens"] = len(tokens)
     result["peak_rss_mib"] = result["rss_increase_mib"] = peak_kib / 1024  # the process is the runtime
