@@ -12,7 +12,8 @@ A newcomer's map, in the order the book builds it:
 - export: `designs` (the narrow, preproc and gather programs and the inputs each takes), `windows`
   (the preproc design's caller-side slicing), `transforms` (source transformations), `quantize`,
   `backends` (one registry entry per backend: to add one, add an entry there), `kernels` (the
-  package's own ExecuTorch operator, filled_attention; its kernel is `cpp/filled_attention.cpp`),
+  package's own ExecuTorch operators, filled_attention and write_cache; their kernels are
+  `cpp/filled_attention.cpp` and `cpp/write_cache.cpp`),
   `export` (the pipeline), `contract` (the ids and metadata names a .pte and its runtimes share);
 - runtimes: `runtime` (a .pte from Python), `cpp/` (the C++ runner; its `contract.h` is generated
   from `contract` at build time), `export_llm` (ExecuTorch's own export_llm and TextLLMRunner),
@@ -35,7 +36,7 @@ One home for each concept:
 | program designs, their inputs | `designs` (`program`, `SIGNATURES`, `DEFAULT_DESIGN`) |
 | "preproc": the design whose caller slices the tables | `designs.PreprocProgram`; the slicing: `windows.TableWindows` |
 | swaps for a backend | `transforms`, chosen per backend in `backends` |
-| attention over the filled cache positions (own op) | `kernels` (op, eager reference, library loading), `cpp/filled_attention.cpp` |
+| attention over the filled cache positions (own ops) | `kernels` (ops, eager references, library loading), `cpp/filled_attention.cpp`, `cpp/write_cache.cpp`; `transforms.FilledCacheAttention`, `transforms.KernelKVCache` |
 | quantization | `quantize` |
 | the prefill/decode loop, samplers | `generate.generate`, `generate.Sampler` |
 | vocabulary and context checks | `generate.check_vocabulary`, `generate.check_context` |

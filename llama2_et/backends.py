@@ -43,8 +43,8 @@ BACKENDS = {
     ),
     "xnnpack-filled": Backend(
         "xnnpack-filled",
-        "XNNPACK, with attention over the filled cache positions in llama2-et's own kernel "
-        "(the C++ runner has it; Python loads it with kernels.load_kernel_library)",
+        "XNNPACK, with attention over the filled cache positions and the cache writes in llama2-et's "
+        "own kernels (the C++ runner has them; Python loads them with kernels.load_kernel_library)",
         _xnnpack_partitioners,
         transforms=(rms_norm_as_linear, attention_over_filled_cache),
         preserve_ops=(torch.ops.aten.linear.default,),

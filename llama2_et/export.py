@@ -89,13 +89,21 @@ def prepare_for_export(
 
 
 def _portable_ops(graph_module: torch.fx.GraphModule) -> Counter:
-    """Edge ops outside any delegate (getitem of a delegate's outputs is bookkeeping, not an op)."""
+    """Edge ops outside any delegate (getitem of a delegate's outputs is bookkeeping, not an op).
+
+    An op that mutates an argument (llama2_et::write_cache) is wrapped in the Edge graph by an
+    auto_functionalized node, which `to_executorch` unwraps: it is counted by the op it wraps.
+    """
     ops = Counter()
     for node in graph_module.graph.nodes:
         if node.op != "call_function" or node.target.__name__ in ("getitem", "executorch_call_delegate"):
             continue
-        ops[str(getattr(node.target, "_name", node.target.__name__)).removeprefix("aten::")] += 1
+        target = node.args[0] if node.target in _FUNCTIONALIZED else node.target
+        ops[str(getattr(target, "_name", target.__name__)).removeprefix("aten::")] += 1
     return ops
+
+
+_FUNCTIONALIZED = (torch.ops.higher_order.auto_functionalized, torch.ops.higher_order.auto_functionalized_v2)
 
 
 def _initialize_buffers(program: torch.export.ExportedProgram, patterns: list[str]) -> None:

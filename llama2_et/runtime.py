@@ -32,7 +32,7 @@ def register_llm_custom_ops(pte_path: str | Path | None = None) -> None:
     ExecuTorch's LLM ops (llama::custom_sdpa, update_cache) that export_llm's programs call, and the
     quantized embedding lookups (quantized_decomposed::embedding_byte, embedding_4bit) of a program
     exported with a quantized token table, ours or export_llm's; and llama2-et's own
-    filled_attention when the program at pte_path calls it (kernels.py: built on first use).
+    filled_attention and write_cache when the program at pte_path calls them (kernels.py: built on first use).
     """
     from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
     from executorch.kernels import quantized  # noqa: F401
