@@ -51,10 +51,10 @@ inline void store(float* p, V v) {
 // tiles (two vectors V wide) below `columns`; returns how many columns that is. Row i of a is at
 // a + i * a_stride, row i of out at out + i * out_stride; b[k][c0 ..] of the tile starting at column
 // c0 is at b + c0 * column_step + k * b_stride: column_step 1 for a row-major b, Dh for keys packed
-// tile by tile (pack_keys). A tile of kBlockRows x 2 vectors of sums stays in registers, so each
-// element read from b serves every row. Both halves of attention are this product: scores = q K
-// (depth Dh, a column per cache position) and out = p V (depth the filled positions, a column per
-// head dimension).
+// tile by tile (pack_keys). A tile holds kBlockRows x 2 vectors of sums (in registers with AVX-512's
+// 32; with AVX2's 16, some may spill), so each element read from b serves every row. Both halves of
+// attention are this product: scores = q K (depth Dh, a column per cache position) and out = p V
+// (depth the filled positions, a column per head dimension).
 template <typename V>
 __attribute__((always_inline)) inline int64_t tile_matmul(const float* a, int64_t a_stride, const float* b,
                                                           int64_t b_stride, int64_t column_step, int64_t depth,
