@@ -9,8 +9,8 @@ block of queries, to about its furthest one's) and little beyond: decode's atten
 what the cache holds so far, not the whole context.
 
 `llama2_et::write_cache(source, cache, positions, dim)` is `cache.index_copy_(dim, positions,
-source)` in place, for the same programs: its kernel, cpp/write_cache.cpp, copies each run of
-consecutive positions as one block, where the portable `index_put_` that index_copy_ exports to
+source)` in place, for the same programs: its kernel, cpp/write_cache.cpp, copies a run of
+consecutive positions with one memcpy per cache row, where the portable `index_put_` that index_copy_ exports to
 computes every element's index. It returns an unused 1-element tensor: the form of a mutating op
 that `to_executorch` turns into its `.out` call on the cache in place.
 
@@ -73,7 +73,7 @@ def write_cache_reference(source: torch.Tensor, cache: torch.Tensor, positions: 
 
 
 def _write_cache_out(source, cache, positions, dim, *, out):
-    cache.index_copy_(dim, positions, source)
+    write_cache_reference(source, cache, positions, dim)
     return out
 
 

@@ -158,8 +158,8 @@ def attention_as_matmuls(model: Transformer) -> None:
 
 class KernelKVCache(MatmulKVCache):
     """`MatmulKVCache` written by llama2-et's own op, `llama2_et::write_cache` (kernels.py), for the
-    programs that already need the package's kernels: each run of consecutive positions is copied as
-    one block, where index_copy_'s portable kernel indexes every element.
+    programs that already need the package's kernels: a run of consecutive positions is copied one
+    block per cache row, where index_copy_'s portable kernel indexes every element.
     """
 
     def write(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:

@@ -116,7 +116,7 @@ def test_bench_cpp_row_reads_the_bandwidth_before_each_run(data_dir, tmp_path):
     (row,) = saved["models"]["stories260K"]["rows"]
     per_run = row["read_bandwidth_per_run"]
     assert len(per_run) == len(row["decode_tps_all"]) == 2 and all(b > 1e8 for b in per_run)
-    fractions = [tps * row["bytes_per_token"] / b for tps, b in zip(row["decode_tps_all"], per_run)]
+    fractions = [tps * row["bytes_per_token"] / b for tps, b in zip(row["decode_tps_all"], per_run, strict=True)]
     assert row["roof_fraction"] == pytest.approx(statistics.median(fractions))
     assert row["greedy_match"] == 1.0
 

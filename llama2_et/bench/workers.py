@@ -188,15 +188,13 @@ def measure_cpp(spec: dict, reference: dict) -> dict:
 
     torch.set_num_threads(spec["threads"])  # the bandwidth is read with the runner's thread count
     result: dict = {"prefill_tps": [], "decode_tps": [], "read_bandwidth_per_run": []}
-    peak_kib = 0
-    for repeat in range(spec["repeats"] + 1):
-        if repeat:  # not before the warm-up, which is not timed
-            bandwidth = read_bandwidth(spec["bandwidth_buffer"], BANDWIDTH_PASSES_PER_RUN)
-            result["read_bandwidth_per_run"].append(bandwidth["bytes_per_s"])
+    *_, peak_kib = run_cpp(spec, spec["program"])  # the warm-up, not timed
+    for _ in range(spec["repeats"]):
+        bandwidth = read_bandwidth(spec["bandwidth_buffer"], BANDWIDTH_PASSES_PER_RUN)
+        result["read_bandwidth_per_run"].append(bandwidth["bytes_per_s"])
         prefill, decode, ids, rss_kib = run_cpp(spec, spec["program"])
-        if repeat:
-            result["prefill_tps"].append(prefill)
-            result["decode_tps"].append(decode)
+        result["prefill_tps"].append(prefill)
+        result["decode_tps"].append(decode)
         peak_kib = max(peak_kib, rss_kib)
     tokens = ids[len(spec["prompt_ids"]) :]
     result["greedy_match"] = match(tokens, reference["tokens"])

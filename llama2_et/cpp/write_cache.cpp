@@ -1,9 +1,9 @@
-// llama2_et::write_cache.out: cache.index_copy_(dim, positions, source), in place, one block per run.
+// llama2_et::write_cache.out: cache.index_copy_(dim, positions, source), in place, a block per row and run.
 //
 // The kernel of the op that llama2_et/kernels.py defines (its eager reference is there). Viewed as
 // (outer, positions, inner) around `dim`, source row (o, l) goes to cache row (o, positions[l]); where
-// positions run consecutively, as a prefill's do, the rows of a run are one contiguous block on both
-// sides and are copied with one memcpy. The portable index_put_ that index_copy_ exports to computes
+// positions run consecutively, as a prefill's do, a run's rows within one outer row o are one
+// contiguous block on both sides, copied with one memcpy. The portable index_put_ that index_copy_ exports to computes
 // each element's index instead. Float caches, as filled_attention.cpp's, with which it is compiled into the
 // runner and the library.
 #include <algorithm>
