@@ -47,81 +47,97 @@ inline void store(float* p, V v) {
   std::memcpy(p, &v, sizeof v);
 }
 
-// out[i][c] = sum over k < depth of a[i][k] * b[k][c], for kBlockRows rows i and the columns c of whole
-// tiles (two vectors V wide) below `columns`; returns how many columns that is. Row i of a is at
+// out[i][c] = sum over k < depth of a[i][k] * b[k][c], for Rows rows i and the columns c of whole
+// tiles (Vectors vectors V wide) below `columns`; returns how many columns that is. Row i of a is at
 // a + i * a_stride, row i of out at out + i * out_stride; b[k][c0 ..] of the tile starting at column
 // c0 is at b + c0 * column_step + k * b_stride: column_step 1 for a row-major b, Dh for keys packed
-// tile by tile (pack_keys). A tile holds kBlockRows x 2 vectors of sums (in registers with AVX-512's
-// 32; with AVX2's 16, some may spill), so each element read from b serves every row. Both halves of
-// attention are this product: scores = q K (depth Dh, a column per cache position) and out = p V
-// (depth the filled positions, a column per head dimension).
-template <typename V>
+// tile by tile (pack_keys). A tile's Rows x Vectors vectors of sums stay in registers (a prefill
+// block's 16 in AVX-512's 32; with AVX2's 16, some may spill), so each element read from b serves
+// every row. Both halves of attention are this product: scores = q K (depth Dh, a column per cache
+// position) and out = p V (depth the filled positions, a column per head dimension).
+template <typename V, int64_t Rows, int64_t Vectors>
 __attribute__((always_inline)) inline int64_t tile_matmul(const float* a, int64_t a_stride, const float* b,
                                                           int64_t b_stride, int64_t column_step, int64_t depth,
                                                           int64_t columns, float* out, int64_t out_stride) {
-  constexpr int64_t lanes = sizeof(V) / sizeof(float), tile = 2 * lanes;
+  constexpr int64_t lanes = sizeof(V) / sizeof(float), tile = Vectors * lanes;
   int64_t c0 = 0;
   for (; c0 + tile <= columns; c0 += tile) {
-    V acc[kBlockRows][2] = {};
+    V acc[Rows][Vectors] = {};
     const float* bt = b + c0 * column_step;
     for (int64_t k = 0; k < depth; ++k) {
-      const V b0 = load<V>(bt + k * b_stride), b1 = load<V>(bt + k * b_stride + lanes);
-      for (int64_t i = 0; i < kBlockRows; ++i) {
+      V bk[Vectors];
+      for (int64_t v = 0; v < Vectors; ++v) bk[v] = load<V>(bt + k * b_stride + v * lanes);
+      for (int64_t i = 0; i < Rows; ++i) {
         const float ai = a[i * a_stride + k];
-        acc[i][0] += ai * b0;
-        acc[i][1] += ai * b1;
+        for (int64_t v = 0; v < Vectors; ++v) acc[i][v] += ai * bk[v];
       }
     }
-    for (int64_t i = 0; i < kBlockRows; ++i) {
-      store(out + i * out_stride + c0, acc[i][0]);
-      store(out + i * out_stride + c0 + lanes, acc[i][1]);
+    for (int64_t i = 0; i < Rows; ++i) {
+      for (int64_t v = 0; v < Vectors; ++v) store(out + i * out_stride + c0 + v * lanes, acc[i][v]);
     }
   }
   return c0;
 }
 
-// Tiles of 2 x 8 columns: AVX2 with FMA where the CPU has it (GCC picks the clone when the library
+// The whole tiles of a product with `rows` rows: a prefill block's kBlockRows, in tiles of 2 vectors;
+// or one row (a decode step's query, then its weights), in tiles of 4 vectors and then of 1, so
+// that a tile of out = p V is a whole head of 64 dimensions with AVX-512 (48: three tiles).
+template <typename V>
+__attribute__((always_inline)) inline int64_t tiles(int64_t rows, const float* a, int64_t a_stride, const float* b,
+                                                    int64_t b_stride, int64_t column_step, int64_t depth,
+                                                    int64_t columns, float* out, int64_t out_stride) {
+  if (rows == kBlockRows) {
+    return tile_matmul<V, kBlockRows, 2>(a, a_stride, b, b_stride, column_step, depth, columns, out, out_stride);
+  }
+  const int64_t c0 = tile_matmul<V, 1, 4>(a, a_stride, b, b_stride, column_step, depth, columns, out, out_stride);
+  return c0 + tile_matmul<V, 1, 1>(a, a_stride, b + c0 * column_step, b_stride, column_step, depth, columns - c0,
+                                   out + c0, out_stride);
+}
+
+// Tiles of 8-float vectors: AVX2 with FMA where the CPU has it (GCC picks the clone when the library
 // loads), else the baseline.
 LLAMA2_ET_VECTOR_CLONES
-int64_t narrow_tiles(const float* a, int64_t a_stride, const float* b, int64_t b_stride, int64_t column_step,
-                     int64_t depth, int64_t columns, float* out, int64_t out_stride) {
-  return tile_matmul<Vec>(a, a_stride, b, b_stride, column_step, depth, columns, out, out_stride);
+int64_t narrow_tiles(int64_t rows, const float* a, int64_t a_stride, const float* b, int64_t b_stride,
+                     int64_t column_step, int64_t depth, int64_t columns, float* out, int64_t out_stride) {
+  return tiles<Vec>(rows, a, a_stride, b, b_stride, column_step, depth, columns, out, out_stride);
 }
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 using WideVec = float __attribute__((vector_size(64)));
-// Tiles of 2 x 16 columns where the CPU has AVX-512: its 32 registers hold the 8 x 32 sums.
+// Tiles of 16-float vectors where the CPU has AVX-512: its 32 registers hold a block's 8 x 32 sums.
 const bool kWide = [] {
   __builtin_cpu_init();  // a static initializer may run before the CPU model is read
   return __builtin_cpu_supports("x86-64-v4") > 0;
 }();
 
-__attribute__((target("arch=x86-64-v4"))) int64_t wide_tiles(const float* a, int64_t a_stride, const float* b,
-                                                             int64_t b_stride, int64_t column_step, int64_t depth,
-                                                             int64_t columns, float* out, int64_t out_stride) {
-  return tile_matmul<WideVec>(a, a_stride, b, b_stride, column_step, depth, columns, out, out_stride);
+__attribute__((target("arch=x86-64-v4"))) int64_t wide_tiles(int64_t rows, const float* a, int64_t a_stride,
+                                                             const float* b, int64_t b_stride, int64_t column_step,
+                                                             int64_t depth, int64_t columns, float* out,
+                                                             int64_t out_stride) {
+  return tiles<WideVec>(rows, a, a_stride, b, b_stride, column_step, depth, columns, out, out_stride);
 }
 #else
 const bool kWide = false;
 
-int64_t wide_tiles(const float*, int64_t, const float*, int64_t, int64_t, int64_t, int64_t, float*, int64_t) {
+int64_t wide_tiles(int64_t, const float*, int64_t, const float*, int64_t, int64_t, int64_t, int64_t, float*,
+                   int64_t) {
   return 0;
 }
 #endif
 
-// Columns of a tile on this CPU: keys are packed in tiles this wide.
+// Columns of a prefill block's tile on this CPU: keys are packed in tiles this wide.
 const int64_t kTile = kWide ? 4 * kLanes : 2 * kLanes;
 
 inline int64_t round_up(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }
 
 // block_matmul: wide tiles where the CPU has them, then narrow tiles, then the last columns one by one
 // (a row-major b only: packed keys are padded to whole tiles).
-void block_matmul(const float* a, int64_t a_stride, const float* b, int64_t b_stride, int64_t column_step,
-                  int64_t depth, int64_t columns, float* out, int64_t out_stride) {
-  int64_t c0 = kWide ? wide_tiles(a, a_stride, b, b_stride, column_step, depth, columns, out, out_stride) : 0;
-  c0 += narrow_tiles(a, a_stride, b + c0 * column_step, b_stride, column_step, depth, columns - c0, out + c0,
+void block_matmul(int64_t rows, const float* a, int64_t a_stride, const float* b, int64_t b_stride,
+                  int64_t column_step, int64_t depth, int64_t columns, float* out, int64_t out_stride) {
+  int64_t c0 = kWide ? wide_tiles(rows, a, a_stride, b, b_stride, column_step, depth, columns, out, out_stride) : 0;
+  c0 += narrow_tiles(rows, a, a_stride, b + c0 * column_step, b_stride, column_step, depth, columns - c0, out + c0,
                      out_stride);
-  for (int64_t i = 0; i < kBlockRows; ++i) {  // the last columns, fewer than a tile
+  for (int64_t i = 0; i < rows; ++i) {  // the last columns, fewer than a tile
     for (int64_t c = c0; c < columns; ++c) {
       float sum = 0.0f;
       for (int64_t k = 0; k < depth; ++k) sum += a[i * a_stride + k] * b[k * b_stride + c];
@@ -195,42 +211,27 @@ void softmax_prefix(float* s, int64_t row_filled, int64_t filled) {
 
 // Rows of one query head (q: n rows of Dh), row i at position pos[i], `filled` the widest prefix
 // max pos[i] + 1: out[i] = softmax(q[i] K[:, :pos[i]+1]) V[:pos[i]+1]. keys (Dh, Lm) and values
-// (Lm, Dh) of its key/value head, and for a full block its keys packed (pack_keys) as far as the block
-// reads; scores holds n rows, scores_stride apart. A full block (prefill) goes through the register tiles; a shorter one (every
-// decode step: one row) streams each cache row once.
-LLAMA2_ET_VECTOR_CLONES
+// (Lm, Dh) of its key/value head, and for a full block its keys packed (pack_keys) as far as the
+// block reads; scores holds n rows, scores_stride apart. A full block (prefill) goes through the
+// register tiles 8 rows at a time; a shorter one (every decode step: one row) row by row, each row
+// reading keys and values 0..pos[i].
 void attend_block(const float* q, const float* keys, const float* packed, const float* values, const int64_t* pos,
                   int64_t n, int64_t filled, int64_t dh, int64_t lm, float* scores, int64_t scores_stride,
                   float* out) {
-  const bool full = n == kBlockRows;
-  if (full) {
-    // (n, Dh) x (Dh, filled), in whole tiles: the columns past filled are never read
-    block_matmul(q, dh, packed, kTile, dh, dh, round_up(filled, kTile), scores, scores_stride);
-  } else {
-    std::fill(scores, scores + n * scores_stride, 0.0f);
-    for (int64_t d = 0; d < dh; ++d) {  // scores[i] += q[i][d] * K[d, :filled], one cache row at a time
-      const float* key_row = keys + d * lm;
-      for (int64_t i = 0; i < n; ++i) {
-        const float qd = q[i * dh + d];
-        float* s = scores + i * scores_stride;
-        for (int64_t j = 0; j < filled; ++j) s[j] += qd * key_row[j];
-      }
+  if (n < kBlockRows) {
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t row_filled = pos[i] + 1;  // W: the positions row i reads
+      float* s = scores + i * scores_stride;
+      block_matmul(1, q + i * dh, dh, keys, lm, 1, dh, row_filled, s, scores_stride);  // (1, Dh) x (Dh, W)
+      softmax_prefix(s, row_filled, row_filled);
+      block_matmul(1, s, scores_stride, values, dh, 1, row_filled, dh, out + i * dh, dh);  // (1, W) x (W, Dh)
     }
-  }
-  for (int64_t i = 0; i < n; ++i) softmax_prefix(scores + i * scores_stride, pos[i] + 1, filled);
-  if (full) {
-    block_matmul(scores, scores_stride, values, dh, 1, filled, dh, out, dh);  // (n, filled) x (filled, Dh)
     return;
   }
-  std::fill(out, out + n * dh, 0.0f);
-  for (int64_t j = 0; j < filled; ++j) {  // out[i] += p[i][j] * V[j, :], one cache row at a time
-    const float* value_row = values + j * dh;
-    for (int64_t i = 0; i < n; ++i) {
-      const float p = scores[i * scores_stride + j];
-      float* o = out + i * dh;
-      for (int64_t d = 0; d < dh; ++d) o[d] += p * value_row[d];
-    }
-  }
+  // (n, Dh) x (Dh, filled), in whole tiles: the columns past filled are never read
+  block_matmul(n, q, dh, packed, kTile, dh, dh, round_up(filled, kTile), scores, scores_stride);
+  for (int64_t i = 0; i < n; ++i) softmax_prefix(scores + i * scores_stride, pos[i] + 1, filled);
+  block_matmul(n, scores, scores_stride, values, dh, 1, filled, dh, out, dh);  // (n, filled) x (filled, Dh)
 }
 
 // q (Nkv, R, Dh) already scaled, R = rep * L with row r for token r % L; keys (Nkv, Dh, Lm);
