@@ -3,7 +3,7 @@
 // The kernel of the op that llama2_et/kernels.py defines for torch.export (its eager reference is
 // there). A decode step at position p reads keys and values 0..p of the cache and nothing beyond
 // (a prefill block of query rows, up to its furthest row's position, keys to the end of that tile),
-// in the cache's own layout (transforms.py, MatmulKVCache), so decode's attention grows with the
+// in the cache's own layout (kv_cache.py, MatmulKVCache), so decode's attention grows with the
 // filled prefix instead of costing the whole context. Compiled into the C++ runner and into the shared
 // library libllama2_et_kernels.so that Python loads before running a program that calls the op.
 #include <algorithm>
@@ -162,7 +162,7 @@ void pack_keys(const float* keys, int64_t dh, int64_t lm, int64_t from, int64_t 
 }
 
 // exp(x) for x <= 0, 8 lanes at once: 2^n * e^r with n = round(x / ln 2) and |r| <= ln 2 / 2, e^r a
-// degree-6 polynomial (Cephes' expf coefficients), 2^n written straight into the float's exponent
+// degree-7 polynomial (Cephes' expf coefficients), 2^n written straight into the float's exponent
 // bits. Relative error about 1e-7; x below -87 (e^x < 2e-38) is computed as e^-87.
 inline Vec exp_nonpositive(Vec x) {
   using Int = int32_t __attribute__((vector_size(32)));
@@ -228,7 +228,7 @@ void attend_block(const float* q, const float* keys, const float* packed, const 
     }
     return;
   }
-  // (n, Dh) x (Dh, filled), in whole tiles: the columns past filled are never read
+  // (n, Dh) x (Dh, filled rounded up to a whole tile): the scores past filled are never used
   block_matmul(n, q, dh, packed, kTile, dh, dh, round_up(filled, kTile), scores, scores_stride);
   for (int64_t i = 0; i < n; ++i) softmax_prefix(scores + i * scores_stride, pos[i] + 1, filled);
   block_matmul(n, scores, scores_stride, values, dh, 1, filled, dh, out, dh);  // (n, filled) x (filled, Dh)
